@@ -26,6 +26,15 @@ use crate::config::redact_url;
 /// `x-death` count is unreliable once messages are republished.
 pub const ATTEMPTS_HEADER: &str = "x-canotify-attempts";
 
+/// The header naming why a message was dead-lettered.
+pub const REASON_HEADER: &str = "x-canotify-reason";
+
+/// The header naming the step that gave up on a message.
+pub const STAGE_HEADER: &str = "x-canotify-stage";
+
+/// The header naming the queue a dead letter came from.
+pub const SOURCE_HEADER: &str = "x-canotify-source-queue";
+
 /// How long a publish may wait for its confirm before it counts as failed.
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -119,6 +128,28 @@ impl Topology {
 
     pub fn dead_letter_exchange(&self) -> String {
         format!("{}.dlx", self.prefix)
+    }
+
+    /// A copy of a message for the dead-letter queue, keeping its headers
+    /// and adding why, where and by whom it was given up.
+    pub fn dead_letter(
+        &self,
+        body: &[u8],
+        headers: Option<&FieldTable>,
+        source_queue: &str,
+        stage: &str,
+        reason: &str,
+    ) -> Outgoing {
+        let mut headers = headers.cloned().unwrap_or_default();
+        headers.insert(REASON_HEADER.into(), string(reason));
+        headers.insert(STAGE_HEADER.into(), string(stage));
+        headers.insert(SOURCE_HEADER.into(), string(source_queue));
+        Outgoing {
+            queue: self.dead(),
+            body: body.to_vec(),
+            headers,
+            message_id: None,
+        }
     }
 
     /// Every queue, in the order an operator reads them.

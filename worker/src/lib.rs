@@ -1,0 +1,170 @@
+//! The worker: the middle of producer -> worker -> writer, and the only
+//! process that can cause a text. It takes cases from the checks queue,
+//! normalises each phone to E.164, asks Twilio Lookup whether the number can
+//! take an SMS, asks the verification server to issue codes in batches of up
+//! to ten, and publishes one result per case for the writer. Run as many
+//! replicas as the upstream limits allow; they share nothing but the broker.
+
+pub mod consume;
+pub mod core;
+pub mod lookup;
+pub mod verification;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use canotify_common::broker::{self, BrokerError, Topology};
+use canotify_common::config::{BrokerArgs, parse_duration};
+use canotify_common::phone::Region;
+use canotify_common::telemetry::LogArgs;
+use canotify_common::{Secret, Shutdown, http, timezone};
+
+pub use crate::consume::ConsumeOptions;
+pub use crate::core::{Disposition, Fatal, Incoming, Settings, Worker};
+use crate::lookup::LookupClient;
+use crate::verification::VerificationClient;
+
+#[derive(Clone, Debug, clap::Parser)]
+#[command(name = "canotify-worker", version, about = "Checks phones and issues verification codes")]
+pub struct WorkerConfig {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    /// Base URL of Twilio Lookup.
+    #[arg(long, env = "CANOTIFY_TWILIO_URL", default_value = "https://lookups.twilio.com")]
+    pub twilio_url: String,
+
+    /// Twilio Account SID (or API key SID) for Lookup.
+    #[arg(long, env = "CANOTIFY_TWILIO_ACCOUNT_SID")]
+    pub twilio_account_sid: String,
+
+    /// Twilio Auth Token (or API key secret).
+    #[arg(long, env = "CANOTIFY_TWILIO_AUTH_TOKEN", hide_env_values = true)]
+    pub twilio_auth_token: Secret,
+
+    /// Twilio line types that can take the SMS, comma-separated.
+    #[arg(
+        long,
+        env = "CANOTIFY_ACCEPTED_LINE_TYPES",
+        default_value = "mobile,nonFixedVoip,fixedVoip",
+        value_delimiter = ','
+    )]
+    pub accepted_line_types: Vec<String>,
+
+    /// Base URL of the verification server's admin API.
+    #[arg(long, env = "CANOTIFY_VERIFICATION_URL", default_value = "https://adminapi.encv.org")]
+    pub verification_url: String,
+
+    /// Admin API key of the verification server realm.
+    #[arg(long, env = "CANOTIFY_VERIFICATION_API_KEY", hide_env_values = true)]
+    pub verification_api_key: Secret,
+
+    /// Key of the hash that turns a case id into its verification uuid.
+    /// Keep it fixed for the deployment's life: a new key lets old cases be
+    /// texted again.
+    #[arg(long, env = "CANOTIFY_UUID_KEY", hide_env_values = true)]
+    pub uuid_key: Secret,
+
+    /// IANA time zone of the residents, for the server's tzOffset.
+    #[arg(long, env = "CANOTIFY_TIME_ZONE", default_value = "America/Los_Angeles")]
+    pub time_zone: String,
+
+    /// Region of phone numbers written without a country code (ISO 3166).
+    #[arg(long, env = "CANOTIFY_DEFAULT_REGION", default_value = "US")]
+    pub default_region: Region,
+
+    /// SMS template label of the realm; the realm's default when unset.
+    #[arg(long, env = "CANOTIFY_SMS_TEMPLATE_LABEL")]
+    pub sms_template_label: Option<String>,
+
+    /// Cases a worker holds unacked at once.
+    #[arg(long, env = "CANOTIFY_PREFETCH", default_value_t = 100)]
+    pub prefetch: u16,
+
+    /// Twilio lookups in flight at once in this worker.
+    #[arg(long, env = "CANOTIFY_LOOKUP_CONCURRENCY", default_value_t = 10)]
+    pub lookup_concurrency: usize,
+
+    /// Batch-issue calls in flight at once in this worker.
+    #[arg(long, env = "CANOTIFY_ISSUE_CONCURRENCY", default_value_t = 4)]
+    pub issue_concurrency: usize,
+
+    /// Longest wait for a batch to fill up to ten cases.
+    #[arg(long, env = "CANOTIFY_BATCH_LINGER", default_value = "250ms", value_parser = parse_duration)]
+    pub batch_linger: Duration,
+
+    /// Deliveries of one case before it is recorded `failed`.
+    #[arg(long, env = "CANOTIFY_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+
+    /// Timeout of one upstream request. An issue call can take 30 s when
+    /// the server retries its SMS provider.
+    #[arg(long, env = "CANOTIFY_HTTP_TIMEOUT", default_value = "40s", value_parser = parse_duration)]
+    pub http_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("broker operation failed: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker connection was lost; unacked cases go back to the queue")]
+    BrokerLost,
+    #[error("stopped taking work: {0}")]
+    Fatal(Arc<Fatal>),
+}
+
+impl WorkerConfig {
+    /// Builds the worker's core from the configuration.
+    pub fn build_worker(&self) -> Result<Worker, WorkerError> {
+        if self.uuid_key.expose().len() < 16 {
+            return Err(WorkerError::Config(
+                "CANOTIFY_UUID_KEY must be at least 16 characters".to_owned(),
+            ));
+        }
+        let time_zone = timezone::load(&self.time_zone).map_err(WorkerError::Config)?;
+        let http = http::client(self.http_timeout)
+            .map_err(|err| WorkerError::Config(format!("cannot build the HTTP client: {err}")))?;
+
+        let lookup = LookupClient::new(
+            http.clone(),
+            &self.twilio_url,
+            &self.twilio_account_sid,
+            self.twilio_auth_token.clone(),
+            self.accepted_line_types.iter().map(|t| t.trim().to_owned()),
+        );
+        let verification =
+            VerificationClient::new(http, &self.verification_url, self.verification_api_key.clone());
+        let settings = Settings {
+            uuid_key: self.uuid_key.clone(),
+            time_zone,
+            region: self.default_region,
+            sms_template_label: self.sms_template_label.clone(),
+            max_attempts: self.max_attempts,
+            lookup_concurrency: self.lookup_concurrency,
+        };
+        Ok(Worker::new(lookup, verification, settings))
+    }
+}
+
+/// Runs one worker until shutdown or a fault that needs an operator.
+pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<(), WorkerError> {
+    let worker = Arc::new(config.build_worker()?);
+    let topology = Topology::new(&config.broker.queue_prefix, config.broker.queue_type)?;
+    let connection = broker::connect(&config.broker.amqp_url, "canotify-worker").await?;
+
+    let options = ConsumeOptions {
+        prefetch: config.prefetch.max(1),
+        linger: config.batch_linger,
+        issue_concurrency: config.issue_concurrency,
+    };
+    let result = consume::consume(worker, &connection, &topology, options, shutdown).await;
+    let _ = connection.close(200, "worker stopping".into()).await;
+    result
+}

@@ -1,0 +1,246 @@
+//! The writer: the last step of producer -> worker -> writer. It consumes
+//! results and writes them to the warehouse in batches (whichever comes
+//! first: the batch size or the linger), one statement per batch, and acks
+//! the whole batch with `multiple` only after the commit. A result that
+//! arrives twice changes nothing; a `sent` outcome is never overwritten.
+
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use canotify_common::broker::{self, BrokerError, Publisher, Topology};
+use canotify_common::config::{BrokerArgs, WarehouseArgs, parse_duration};
+use canotify_common::telemetry::LogArgs;
+use canotify_common::warehouse::{PostgresWarehouse, Warehouse, WarehouseError};
+use canotify_common::{CaseResult, Shutdown};
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use tracing::{debug, error, info, warn};
+
+#[derive(Clone, Debug, clap::Parser)]
+#[command(name = "canotify-writer", version, about = "Writes case outcomes back to the warehouse")]
+pub struct WriterConfig {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+
+    #[command(flatten)]
+    pub warehouse: WarehouseArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    /// Results written per statement, at most.
+    #[arg(long, env = "CANOTIFY_WRITE_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u16).range(1..=10_000))]
+    pub batch_size: u16,
+
+    /// Longest a result waits for its batch to fill.
+    #[arg(long, env = "CANOTIFY_WRITE_LINGER", default_value = "500ms", value_parser = parse_duration)]
+    pub linger: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriterError {
+    #[error(transparent)]
+    Warehouse(#[from] WarehouseError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("broker operation failed: {0}")]
+    Amqp(#[from] lapin::Error),
+}
+
+/// Runs the writer against the PostgreSQL warehouse until shutdown.
+pub async fn run(config: WriterConfig, shutdown: Shutdown) -> Result<(), WriterError> {
+    let warehouse =
+        PostgresWarehouse::connect(&config.warehouse.database_url, &config.warehouse.schema)
+            .await?;
+    run_with(config, warehouse, shutdown).await
+}
+
+/// Runs the writer against any warehouse until shutdown.
+pub async fn run_with<W: Warehouse>(
+    config: WriterConfig,
+    warehouse: W,
+    shutdown: Shutdown,
+) -> Result<(), WriterError> {
+    warehouse.migrate().await?;
+
+    let topology = Topology::new(&config.broker.queue_prefix, config.broker.queue_type)?;
+    let connection = broker::connect(&config.broker.amqp_url, "canotify-writer").await?;
+    let publisher = Publisher::new(&connection).await?;
+    topology.declare(publisher.channel()).await?;
+
+    // Prefetch twice the batch, so the next batch fills while one is written.
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(config.batch_size.saturating_mul(2), BasicQosOptions { global: false })
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            topology.results().into(),
+            format!("canotify-writer-{}", std::process::id()).into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    info!(queue = %topology.results(), batch_size = config.batch_size, "writer consuming");
+
+    let batch_size = usize::from(config.batch_size);
+    let mut stream_ended = false;
+    while !stream_ended && !shutdown.is_requested() {
+        // Wait for the first result of a batch, then fill until the size or
+        // the linger.
+        let first = tokio::select! {
+            _ = shutdown.requested() => break,
+            next = consumer.next() => next,
+        };
+        let mut batch = match first {
+            Some(Ok(delivery)) => vec![delivery],
+            Some(Err(err)) => return Err(err.into()),
+            None => break,
+        };
+        let deadline = tokio::time::Instant::now() + config.linger;
+        while batch.len() < batch_size {
+            match tokio::time::timeout_at(deadline, consumer.next()).await {
+                Ok(Some(Ok(delivery))) => batch.push(delivery),
+                Ok(Some(Err(err))) => {
+                    warn!(error = %err, "broker error while filling a batch");
+                    stream_ended = true;
+                    break;
+                }
+                Ok(None) => {
+                    stream_ended = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+
+        write_batch(&warehouse, &publisher, &topology, batch, &shutdown).await?;
+    }
+
+    info!("writer stopped");
+    let _ = channel.close(200, "writer stopping".into()).await;
+    let _ = connection.close(200, "writer stopping".into()).await;
+    Ok(())
+}
+
+/// Writes one batch and acks it. Unreadable results go to the dead-letter
+/// queue first; the rest are written in one statement, retried while the
+/// database is away; the batch is acked only after the commit.
+async fn write_batch<W: Warehouse>(
+    warehouse: &W,
+    publisher: &Publisher,
+    topology: &Topology,
+    batch: Vec<Delivery>,
+    shutdown: &Shutdown,
+) -> Result<(), WriterError> {
+    let mut results = Vec::with_capacity(batch.len());
+    let mut sources = Vec::with_capacity(batch.len());
+    let mut letters = Vec::new();
+    for delivery in &batch {
+        match serde_json::from_slice::<CaseResult>(&delivery.data) {
+            Ok(result) => {
+                results.push(result);
+                sources.push(delivery);
+            }
+            Err(err) => {
+                warn!(error = %err, bytes = delivery.data.len(), "unreadable result; dead-lettering it");
+                letters.push(topology.dead_letter(
+                    &delivery.data,
+                    delivery.properties.headers().as_ref(),
+                    &topology.results(),
+                    "writer",
+                    "unreadable_message",
+                ));
+            }
+        }
+    }
+
+    if !letters.is_empty() {
+        let confirms = publisher.publish_all(letters).await;
+        if confirms.iter().any(Result::is_err) {
+            warn!("a dead letter was not confirmed; the batch goes back to the queue");
+            nack_all(&batch).await;
+            return Ok(());
+        }
+    }
+
+    let mut backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .without_max_times()
+        .with_jitter()
+        .build();
+    loop {
+        match warehouse.record_outcomes(&results).await {
+            Ok(()) => break,
+            Err(err) if err.is_retryable() && !shutdown.is_requested() => {
+                let wait = backoff.next().unwrap_or(Duration::from_secs(10));
+                warn!(error = %err, ?wait, results = results.len(), "warehouse unavailable; holding the batch");
+                tokio::time::sleep(wait).await;
+            }
+            Err(err) if err.is_retryable() => {
+                // Shutting down with the database away: leave the batch to
+                // be redelivered.
+                nack_all(&batch).await;
+                return Ok(());
+            }
+            Err(err) => {
+                error!(error = %err, results = results.len(), "the warehouse refused a batch; writing its results one by one");
+                if !write_one_by_one(warehouse, publisher, topology, &results, &sources).await {
+                    nack_all(&batch).await;
+                    return Ok(());
+                }
+                break;
+            }
+        }
+    }
+
+    // Deliveries on one channel arrive in tag order, so the last tag acks
+    // exactly this batch.
+    if let Some(last) = batch.last() {
+        last.ack(BasicAckOptions { multiple: true }).await?;
+    }
+    debug!(results = results.len(), "batch written");
+    Ok(())
+}
+
+/// Writes each result alone, so one the warehouse refuses cannot hold back
+/// the others; the refused ones become dead letters. False if a dead letter
+/// could not be published (the caller then gives the batch back).
+async fn write_one_by_one<W: Warehouse>(
+    warehouse: &W,
+    publisher: &Publisher,
+    topology: &Topology,
+    results: &[CaseResult],
+    sources: &[&Delivery],
+) -> bool {
+    for (result, delivery) in results.iter().zip(sources) {
+        if let Err(err) = warehouse.record_outcomes(std::slice::from_ref(result)).await {
+            error!(case_id = %result.case_id, error = %err, "the warehouse refused a result; dead-lettering it");
+            let letter = topology.dead_letter(
+                &delivery.data,
+                delivery.properties.headers().as_ref(),
+                &topology.results(),
+                "writer",
+                "warehouse_refused",
+            );
+            if publisher.publish(letter).await.is_err() {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+async fn nack_all(batch: &[Delivery]) {
+    if let Some(last) = batch.last() {
+        let _ = last
+            .nack(BasicNackOptions {
+                multiple: true,
+                requeue: true,
+            })
+            .await;
+    }
+}
