@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use jiff::civil::Date;
 
-pub use postgres::PostgresWarehouse;
+pub use postgres::{NewCase, OutcomeRow, PostgresWarehouse};
 
 use crate::phone::Region;
 use crate::{CaseId, CaseResult, CheckRequest, E164, Status};

@@ -1,0 +1,14 @@
+//! Local stand-ins for the two HTTP services the worker calls: Twilio
+//! Lookup, which says what kind of line a number is, and the verification
+//! server, which issues a code and texts it.
+//!
+//! Both run in-process on any address (port 0 included), so the worker's
+//! tests, the demo and the benchmarks can drive the whole pipeline with no
+//! network. Each keeps what the real service would have charged or sent:
+//! paid lookups for Twilio, a ledger of every SMS for the verification
+//! server. Faults (latency, errors, rate limits, quota, maintenance) can be
+//! switched on at start and changed while running.
+
+mod http_util;
+pub mod twilio;
+pub mod verification;
