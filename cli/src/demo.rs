@@ -59,11 +59,21 @@ pub struct DemoArgs {
     pub bin_dir: Option<PathBuf>,
 
     /// AMQP URL of the local RabbitMQ.
-    #[arg(long, env = "CANOTIFY_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", hide_default_value = true)]
+    #[arg(
+        long,
+        env = "CANOTIFY_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_default_value = true
+    )]
     pub amqp_url: Secret,
 
     /// URL of the local PostgreSQL.
-    #[arg(long, env = "CANOTIFY_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/test", hide_default_value = true)]
+    #[arg(
+        long,
+        env = "CANOTIFY_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/test",
+        hide_default_value = true
+    )]
     pub database_url: Secret,
 }
 
@@ -152,9 +162,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     let prefix = format!("canotify-demo-{suffix}");
     let log_dir = std::env::temp_dir().join(format!("canotify-demo-{suffix}"));
     std::fs::create_dir_all(&log_dir)?;
-    say(&args, &format!("demo schema {schema}, queue prefix {prefix}, logs in {}", log_dir.display()));
+    say(
+        &args,
+        &format!(
+            "demo schema {schema}, queue prefix {prefix}, logs in {}",
+            log_dir.display()
+        ),
+    );
 
-    let twilio_sim = twilio::start(twilio::TwilioConfig::default(), ([127, 0, 0, 1], 0).into()).await?;
+    let twilio_sim =
+        twilio::start(twilio::TwilioConfig::default(), ([127, 0, 0, 1], 0).into()).await?;
     let verification_sim = verification::start(
         verification::VerificationConfig::default(),
         ([127, 0, 0, 1], 0).into(),
@@ -183,13 +200,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let mut children = Children::default();
     let outcome = async {
-        children.writer = Some(env.spawn(&bin_dir, "canotify-writer", &log_dir.join("writer.log"))?);
+        children.writer =
+            Some(env.spawn(&bin_dir, "canotify-writer", &log_dir.join("writer.log"))?);
         for i in 0..args.workers {
-            children
-                .workers
-                .push(env.spawn(&bin_dir, "canotify-worker", &log_dir.join(format!("worker-{i}.log")))?);
+            children.workers.push(env.spawn(
+                &bin_dir,
+                "canotify-worker",
+                &log_dir.join(format!("worker-{i}.log")),
+            )?);
         }
-        children.producer = Some(env.spawn(&bin_dir, "canotify-producer", &log_dir.join("producer.log"))?);
+        children.producer =
+            Some(env.spawn(&bin_dir, "canotify-producer", &log_dir.join("producer.log"))?);
         watch_progress(&args, &warehouse, &mut children, started).await
     }
     .await;
@@ -206,7 +227,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     summary.peak_rss_kib = peak;
 
     if args.keep {
-        say(&args, &format!("kept schema {schema} and queues {prefix}.*"));
+        say(
+            &args,
+            &format!("kept schema {schema} and queues {prefix}.*"),
+        );
     } else {
         warehouse.drop_schema().await?;
         if let Ok(connection) = broker::connect(&args.amqp_url, "canotify-demo").await {
@@ -218,7 +242,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
             }
             let _ = connection.close(200, "demo done".into()).await;
         }
-        let _ = std::fs::remove_dir_all(&log_dir).map(|()| ()).or_else(|_| Ok::<(), ()>(()));
+        let _ = std::fs::remove_dir_all(&log_dir)
+            .map(|()| ())
+            .or_else(|_| Ok::<(), ()>(()));
     }
     twilio_sim.shutdown().await;
     verification_sim.shutdown().await;
@@ -239,7 +265,9 @@ async fn watch_progress(
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         if let Some(dead) = children.exited() {
-            anyhow::bail!("{dead}; see its log in the demo's log folder (run again with --keep to keep it)");
+            anyhow::bail!(
+                "{dead}; see its log in the demo's log folder (run again with --keep to keep it)"
+            );
         }
         let counts = warehouse.outcome_counts().await?;
         let resolved = counts.total() - counts.unresolved();
@@ -261,7 +289,14 @@ async fn watch_progress(
             return Ok(());
         }
         if started.elapsed() > args.timeout {
-            say(args, &format!("timed out after {:?} with {} cases unresolved", args.timeout, counts.unresolved()));
+            say(
+                args,
+                &format!(
+                    "timed out after {:?} with {} cases unresolved",
+                    args.timeout,
+                    counts.unresolved()
+                ),
+            );
             return Ok(());
         }
     }
@@ -306,11 +341,23 @@ impl ChildEnv {
             .env("CANOTIFY_SCHEMA", &self.schema)
             .env("CANOTIFY_POLL_INTERVAL", "1s")
             .env("CANOTIFY_TWILIO_URL", &self.twilio_url)
-            .env("CANOTIFY_TWILIO_ACCOUNT_SID", twilio::TwilioConfig::default().account_sid)
-            .env("CANOTIFY_TWILIO_AUTH_TOKEN", twilio::TwilioConfig::default().auth_token)
+            .env(
+                "CANOTIFY_TWILIO_ACCOUNT_SID",
+                twilio::TwilioConfig::default().account_sid,
+            )
+            .env(
+                "CANOTIFY_TWILIO_AUTH_TOKEN",
+                twilio::TwilioConfig::default().auth_token,
+            )
             .env("CANOTIFY_VERIFICATION_URL", &self.verification_url)
-            .env("CANOTIFY_VERIFICATION_API_KEY", verification::VerificationConfig::default().api_key)
-            .env("CANOTIFY_UUID_KEY", format!("demo-uuid-key-{}", self.prefix))
+            .env(
+                "CANOTIFY_VERIFICATION_API_KEY",
+                verification::VerificationConfig::default().api_key,
+            )
+            .env(
+                "CANOTIFY_UUID_KEY",
+                format!("demo-uuid-key-{}", self.prefix),
+            )
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
@@ -372,7 +419,10 @@ impl Children {
             }
         }
         for (_, child) in self.all() {
-            if tokio::time::timeout(Duration::from_secs(30), child.wait()).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(30), child.wait())
+                .await
+                .is_err()
+            {
                 let _ = child.kill().await;
             }
         }
@@ -402,7 +452,16 @@ pub fn render(summary: &Summary) -> String {
     lines.insert(8, format!("SMS sent       {}", summary.sms_sent));
     lines.insert(9, format!("duplicate SMS  {}", summary.duplicate_sms));
     lines.insert(10, format!("paid lookups   {}", summary.paid_lookups));
-    lines.insert(11, format!("elapsed        {:.2} s with {} workers", summary.elapsed_s, summary.workers));
-    lines.insert(12, format!("throughput     {:.1} cases/s", summary.cases_per_s));
+    lines.insert(
+        11,
+        format!(
+            "elapsed        {:.2} s with {} workers",
+            summary.elapsed_s, summary.workers
+        ),
+    );
+    lines.insert(
+        12,
+        format!("throughput     {:.1} cases/s", summary.cases_per_s),
+    );
     lines.into_values().collect::<Vec<_>>().join("\n")
 }

@@ -20,7 +20,10 @@ pub fn duplicate_sms(ledger: &[SmsRecord], window_days: u32) -> u64 {
             .as_deref()
             .or(record.symptom_date.as_deref())
             .and_then(|d| d.parse().ok());
-        by_phone.entry(record.phone.as_str()).or_default().push(date);
+        by_phone
+            .entry(record.phone.as_str())
+            .or_default()
+            .push(date);
     }
 
     let mut duplicates = 0;
@@ -36,7 +39,10 @@ pub fn duplicate_sms(ledger: &[SmsRecord], window_days: u32) -> u64 {
         let mut last_texted: Option<Date> = None;
         for date in dates.iter().flatten() {
             match last_texted {
-                Some(last) if (*date - last).get_days() <= i32::try_from(window_days).unwrap_or(i32::MAX) => {
+                Some(last)
+                    if (*date - last).get_days()
+                        <= i32::try_from(window_days).unwrap_or(i32::MAX) =>
+                {
                     duplicates += 1;
                 }
                 _ => last_texted = Some(*date),
@@ -62,28 +68,40 @@ mod tests {
 
     #[test]
     fn one_text_per_phone_is_no_duplicate() {
-        let ledger = [sms("+19165550001", Some("2026-11-01")), sms("+19165550002", Some("2026-11-01"))];
+        let ledger = [
+            sms("+19165550001", Some("2026-11-01")),
+            sms("+19165550002", Some("2026-11-01")),
+        ];
 
         assert_eq!(duplicate_sms(&ledger, 14), 0);
     }
 
     #[test]
     fn a_second_text_within_the_window_is_a_duplicate() {
-        let ledger = [sms("+19165550001", Some("2026-11-01")), sms("+19165550001", Some("2026-11-10"))];
+        let ledger = [
+            sms("+19165550001", Some("2026-11-01")),
+            sms("+19165550001", Some("2026-11-10")),
+        ];
 
         assert_eq!(duplicate_sms(&ledger, 14), 1);
     }
 
     #[test]
     fn a_reinfection_after_the_window_is_not() {
-        let ledger = [sms("+19165550001", Some("2026-10-01")), sms("+19165550001", Some("2026-11-10"))];
+        let ledger = [
+            sms("+19165550001", Some("2026-10-01")),
+            sms("+19165550001", Some("2026-11-10")),
+        ];
 
         assert_eq!(duplicate_sms(&ledger, 14), 0);
     }
 
     #[test]
     fn texts_without_dates_to_one_phone_count_as_duplicates() {
-        let ledger = [sms("+19165550001", None), sms("+19165550001", Some("2026-11-10"))];
+        let ledger = [
+            sms("+19165550001", None),
+            sms("+19165550001", Some("2026-11-10")),
+        ];
 
         assert_eq!(duplicate_sms(&ledger, 14), 1);
     }

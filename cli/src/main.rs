@@ -61,7 +61,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let db = PostgresWarehouse::connect(&warehouse.database_url, &warehouse.schema).await?;
             db.migrate().await?;
             let today = seed::today_utc();
-            let rows: Vec<_> = seed::generate(cases, seed, today).into_iter().map(|c| c.case).collect();
+            let rows: Vec<_> = seed::generate(cases, seed, today)
+                .into_iter()
+                .map(|c| c.case)
+                .collect();
             let inserted = db.insert_cases(&rows).await?;
             println!("seeded {inserted} cases into {}.cases", warehouse.schema);
             Ok(ExitCode::SUCCESS)

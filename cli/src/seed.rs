@@ -14,8 +14,8 @@ const FORMATS: [&str; 4] = ["plain", "dashed", "international", "leading_one"];
 
 /// California area codes, so the numbers look like the state's.
 const AREA_CODES: [u16; 26] = [
-    209, 213, 310, 323, 408, 415, 510, 530, 559, 562, 619, 626, 650, 661, 707, 714, 760, 805,
-    818, 831, 858, 909, 916, 925, 949, 951,
+    209, 213, 310, 323, 408, 415, 510, 530, 559, 562, 619, 626, 650, 661, 707, 714, 760, 805, 818,
+    831, 858, 909, 916, 925, 949, 951,
 ];
 
 /// Numbers no numbering plan holds, as they appear in real records.
@@ -67,10 +67,26 @@ pub fn generate(count: usize, seed: u64, today: Date) -> Vec<SeedCase> {
         let roll = rng.u32(0..100);
 
         let (phone, expected, case) = match roll {
-            0..=61 => (phone(&mut numbers, rng.u8(0..80), &mut rng), Status::Sent, base),
-            62..=69 => (phone(&mut numbers, rng.u8(80..90), &mut rng), Status::NotTextable, base),
-            70..=73 => (phone(&mut numbers, rng.u8(90..97), &mut rng), Status::Sent, base),
-            74..=75 => (phone(&mut numbers, rng.u8(97..100), &mut rng), Status::NotTextable, base),
+            0..=61 => (
+                phone(&mut numbers, rng.u8(0..80), &mut rng),
+                Status::Sent,
+                base,
+            ),
+            62..=69 => (
+                phone(&mut numbers, rng.u8(80..90), &mut rng),
+                Status::NotTextable,
+                base,
+            ),
+            70..=73 => (
+                phone(&mut numbers, rng.u8(90..97), &mut rng),
+                Status::Sent,
+                base,
+            ),
+            74..=75 => (
+                phone(&mut numbers, rng.u8(97..100), &mut rng),
+                Status::NotTextable,
+                base,
+            ),
             76..=80 => (
                 IMPOSSIBLE[rng.usize(..IMPOSSIBLE.len())].to_owned(),
                 Status::InvalidPhone,
@@ -192,7 +208,11 @@ mod tests {
         let b = generate(500, 7, today());
 
         assert_eq!(a.len(), 500);
-        assert!(a.iter().zip(&b).all(|(x, y)| x.case == y.case && x.expected == y.expected));
+        assert!(
+            a.iter()
+                .zip(&b)
+                .all(|(x, y)| x.case == y.case && x.expected == y.expected)
+        );
     }
 
     #[test]
@@ -210,8 +230,17 @@ mod tests {
             assert!(kinds.contains(&status), "{status}");
         }
         assert!(cases.iter().any(|c| c.case.test_date.is_none()));
-        assert!(cases.iter().any(|c| c.case.phone.as_deref().is_some_and(|p| p.starts_with('('))));
-        assert!(cases.iter().any(|c| c.case.phone.as_deref().is_some_and(|p| p.starts_with("+1 "))));
+        assert!(
+            cases
+                .iter()
+                .any(|c| c.case.phone.as_deref().is_some_and(|p| p.starts_with('(')))
+        );
+        assert!(cases.iter().any(|c| {
+            c.case
+                .phone
+                .as_deref()
+                .is_some_and(|p| p.starts_with("+1 "))
+        }));
     }
 
     #[test]
@@ -222,7 +251,10 @@ mod tests {
         for case in &cases {
             let raw = case.case.phone.as_deref().unwrap_or("");
             match E164::normalize(raw, Region::US) {
-                Ok(phone) => owners.entry(phone.as_str().to_owned()).or_default().push(case.expected),
+                Ok(phone) => owners
+                    .entry(phone.as_str().to_owned())
+                    .or_default()
+                    .push(case.expected),
                 Err(_) => assert_eq!(case.expected, Status::InvalidPhone, "{}", case.case.case_id),
             }
         }

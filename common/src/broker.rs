@@ -17,7 +17,9 @@ use lapin::options::{
     QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
 
 use crate::Secret;
 use crate::config::redact_url;
@@ -203,7 +205,10 @@ impl Topology {
 
     fn work_queue_arguments(&self) -> FieldTable {
         let mut args = FieldTable::default();
-        args.insert("x-dead-letter-exchange".into(), string(&self.dead_letter_exchange()));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            string(&self.dead_letter_exchange()),
+        );
         args.insert("x-dead-letter-routing-key".into(), string(&self.dead()));
         match self.queue_type {
             QueueType::Quorum => {

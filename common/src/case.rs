@@ -218,7 +218,10 @@ mod tests {
         assert_eq!(CaseId::new(""), Err(CaseIdError::Empty));
         assert_eq!(CaseId::new("x".repeat(129)), Err(CaseIdError::TooLong));
         assert_eq!(CaseId::new("a\u{0}b"), Err(CaseIdError::ControlCharacter));
-        assert_eq!(CaseId::new("CA-2026-000123").unwrap().as_str(), "CA-2026-000123");
+        assert_eq!(
+            CaseId::new("CA-2026-000123").unwrap().as_str(),
+            "CA-2026-000123"
+        );
     }
 
     #[test]

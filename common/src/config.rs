@@ -20,11 +20,20 @@ pub struct BrokerArgs {
     pub amqp_url: Secret,
 
     /// Prefix of every queue and exchange name, so deployments can share a broker.
-    #[arg(long = "queue-prefix", env = "CANOTIFY_QUEUE_PREFIX", default_value = "canotify")]
+    #[arg(
+        long = "queue-prefix",
+        env = "CANOTIFY_QUEUE_PREFIX",
+        default_value = "canotify"
+    )]
     pub queue_prefix: String,
 
     /// Type of the work queues: quorum (replicated) or classic.
-    #[arg(long = "queue-type", env = "CANOTIFY_QUEUE_TYPE", value_enum, default_value = "quorum")]
+    #[arg(
+        long = "queue-type",
+        env = "CANOTIFY_QUEUE_TYPE",
+        value_enum,
+        default_value = "quorum"
+    )]
     pub queue_type: QueueType,
 }
 
@@ -56,7 +65,9 @@ pub fn redact_url(url: &str) -> String {
         Some((scheme, rest)) => {
             let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
             let (authority, path) = rest.split_at(authority_end);
-            let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+            let host = authority
+                .rsplit_once('@')
+                .map_or(authority, |(_, host)| host);
             format!("{scheme}://{host}{path}")
         }
         None => "(unparseable URL)".to_owned(),

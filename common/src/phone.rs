@@ -190,7 +190,10 @@ mod tests {
         assert_eq!(normalize(""), Err(PhoneError::Missing));
         assert_eq!(normalize("   "), Err(PhoneError::Missing));
         assert_eq!(normalize("916-555-CALL"), Err(PhoneError::NotANumber));
-        assert_eq!(normalize("916'; DROP TABLE cases;--"), Err(PhoneError::NotANumber));
+        assert_eq!(
+            normalize("916'; DROP TABLE cases;--"),
+            Err(PhoneError::NotANumber)
+        );
         assert_eq!(normalize(&"9".repeat(200)), Err(PhoneError::TooLong));
         assert_eq!(normalize("555-1234"), Err(PhoneError::NotValid));
         assert!(normalize("123").is_err());
@@ -200,7 +203,10 @@ mod tests {
 
     #[test]
     fn international_numbers_keep_their_country_code() {
-        assert_eq!(normalize("+44 20 7946 0958").as_deref(), Ok("+442079460958"));
+        assert_eq!(
+            normalize("+44 20 7946 0958").as_deref(),
+            Ok("+442079460958")
+        );
     }
 
     #[test]

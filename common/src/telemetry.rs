@@ -19,7 +19,12 @@ pub struct LogArgs {
     pub filter: String,
 
     /// Log line format.
-    #[arg(long = "log-format", env = "CANOTIFY_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long = "log-format",
+        env = "CANOTIFY_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub format: LogFormat,
 }
 

@@ -50,6 +50,10 @@ mod tests {
 
     #[test]
     fn an_unknown_zone_is_a_clear_error() {
-        assert!(load("Mars/Olympus_Mons").unwrap_err().contains("Mars/Olympus_Mons"));
+        assert!(
+            load("Mars/Olympus_Mons")
+                .unwrap_err()
+                .contains("Mars/Olympus_Mons")
+        );
     }
 }

@@ -53,8 +53,9 @@ mod tests {
     #[test]
     fn different_cases_get_different_uuids() {
         let key = Secret::new("deployment key");
-        let uuids: std::collections::HashSet<String> =
-            (0..10_000).map(|i| derive(&key, &case(&format!("A-{i}")))).collect();
+        let uuids: std::collections::HashSet<String> = (0..10_000)
+            .map(|i| derive(&key, &case(&format!("A-{i}"))))
+            .collect();
 
         assert_eq!(uuids.len(), 10_000);
     }

@@ -19,7 +19,11 @@ use canotify_common::{CaseId, Shutdown};
 use tracing::{debug, info, warn};
 
 #[derive(Clone, Debug, clap::Parser)]
-#[command(name = "canotify-producer", version, about = "Publishes pending cases for the workers")]
+#[command(
+    name = "canotify-producer",
+    version,
+    about = "Publishes pending cases for the workers"
+)]
 pub struct ProducerConfig {
     #[command(flatten)]
     pub broker: BrokerArgs,
@@ -112,7 +116,10 @@ pub async fn run_with<W: Warehouse>(
             "pass finished"
         );
         if summary.unpublished > 0 {
-            warn!(unpublished = summary.unpublished, "some cases were not published; they will be taken again");
+            warn!(
+                unpublished = summary.unpublished,
+                "some cases were not published; they will be taken again"
+            );
         }
 
         if config.once {

@@ -9,6 +9,7 @@
 //! server. Faults (latency, errors, rate limits, quota, maintenance) can be
 //! switched on at start and changed while running.
 
+pub mod config;
 mod http_util;
 pub mod twilio;
 pub mod verification;

@@ -10,10 +10,12 @@ use std::time::Duration;
 use canotify_common::broker::{self, ATTEMPTS_HEADER, Outgoing, Publisher, Topology};
 use canotify_common::{CheckRequest, Shutdown};
 use futures_util::StreamExt;
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
-use lapin::types::{AMQPValue, FieldTable};
 use lapin::Connection;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -61,8 +63,14 @@ pub async fn consume(
         topology: topology.clone(),
         fatal: fatal_tx,
     };
-    let (batch_tx, batch_rx) = mpsc::channel::<(Delivery, Textable)>(usize::from(options.prefetch).max(MAX_BATCH));
-    let batcher = tokio::spawn(batch_and_issue(worker.clone(), batch_rx, settle.clone(), options.clone()));
+    let (batch_tx, batch_rx) =
+        mpsc::channel::<(Delivery, Textable)>(usize::from(options.prefetch).max(MAX_BATCH));
+    let batcher = tokio::spawn(batch_and_issue(
+        worker.clone(),
+        batch_rx,
+        settle.clone(),
+        options.clone(),
+    ));
     let mut checks = JoinSet::new();
 
     let outcome = loop {
@@ -131,11 +139,15 @@ async fn check_one(
 
     async {
         match worker.check(&incoming).await {
-            Ok(Checked::Finished(disposition)) => settle.settle(vec![(delivery, disposition)]).await,
+            Ok(Checked::Finished(disposition)) => {
+                settle.settle(vec![(delivery, disposition)]).await
+            }
             Ok(Checked::Textable(case)) => {
                 // The batcher is gone only during shutdown; the delivery then
                 // goes back to the queue.
-                if let Err(mpsc::error::SendError((delivery, _))) = batch_tx.send((delivery, *case)).await {
+                if let Err(mpsc::error::SendError((delivery, _))) =
+                    batch_tx.send((delivery, *case)).await
+                {
                     settle.requeue(delivery).await;
                 }
             }
@@ -175,7 +187,11 @@ async fn batch_and_issue(
             let (deliveries, cases): (Vec<Delivery>, Vec<Textable>) = batch.into_iter().unzip();
             debug!(cases = cases.len(), "issuing a batch");
             match worker.issue(cases).await {
-                Ok(dispositions) => settle.settle(deliveries.into_iter().zip(dispositions).collect()).await,
+                Ok(dispositions) => {
+                    settle
+                        .settle(deliveries.into_iter().zip(dispositions).collect())
+                        .await
+                }
                 Err(fatal) => {
                     let fatal = Arc::new(fatal);
                     for delivery in deliveries {
@@ -289,4 +305,3 @@ async fn ack(delivery: &Delivery) {
         warn!(error = %err, "ack failed");
     }
 }
-

@@ -87,9 +87,13 @@ pub enum Checked {
 pub enum Fatal {
     #[error(transparent)]
     Lookup(#[from] LookupError),
-    #[error("the verification server refused the API key (HTTP 401); check CANOTIFY_VERIFICATION_API_KEY and the realm's IP allow-list")]
+    #[error(
+        "the verification server refused the API key (HTTP 401); check CANOTIFY_VERIFICATION_API_KEY and the realm's IP allow-list"
+    )]
     VerificationUnauthorized,
-    #[error("the verification server has no batch-issue endpoint at the configured URL (HTTP {status}); check CANOTIFY_VERIFICATION_URL")]
+    #[error(
+        "the verification server has no batch-issue endpoint at the configured URL (HTTP {status}); check CANOTIFY_VERIFICATION_URL"
+    )]
     VerificationNotFound { status: u16 },
 }
 
@@ -153,11 +157,11 @@ impl Worker {
             ))
         };
 
-        let phone = match E164::normalize(request.phone.as_deref().unwrap_or(""), self.settings.region)
-        {
-            Ok(phone) => phone,
-            Err(err) => return Ok(finish(Status::InvalidPhone, err.code())),
-        };
+        let phone =
+            match E164::normalize(request.phone.as_deref().unwrap_or(""), self.settings.region) {
+                Ok(phone) => phone,
+                Err(err) => return Ok(finish(Status::InvalidPhone, err.code())),
+            };
         let Some(test_type) = request.test_type.as_deref().and_then(TestType::parse) else {
             return Ok(finish(Status::Rejected, "invalid_test_type"));
         };
@@ -173,7 +177,9 @@ impl Worker {
 
         match looked_up {
             Ok(LineCheck::Textable) => {}
-            Ok(LineCheck::NotTextable { reason }) => return Ok(finish(Status::NotTextable, &reason)),
+            Ok(LineCheck::NotTextable { reason }) => {
+                return Ok(finish(Status::NotTextable, &reason));
+            }
             Ok(LineCheck::Invalid { reason }) => return Ok(finish(Status::InvalidPhone, &reason)),
             Err(err @ LookupError::Unauthorized { .. }) => return Err(err.into()),
             Err(err) => {
@@ -202,7 +208,10 @@ impl Worker {
     /// what still fails goes back to the queue or, on its last attempt, is
     /// recorded `failed`.
     pub async fn issue(&self, batch: Vec<Textable>) -> Result<Vec<Disposition>, Fatal> {
-        assert!(batch.len() <= MAX_BATCH, "a batch holds at most {MAX_BATCH} cases");
+        assert!(
+            batch.len() <= MAX_BATCH,
+            "a batch holds at most {MAX_BATCH} cases"
+        );
         let mut answers: Vec<Option<Disposition>> = vec![None; batch.len()];
         let mut last_reason: Vec<String> = vec![String::new(); batch.len()];
         let mut pending: Vec<usize> = (0..batch.len()).collect();
@@ -245,8 +254,12 @@ impl Worker {
             for (&index, verdict) in pending.iter().zip(verdicts) {
                 let case = &batch[index];
                 let result = |status| {
-                    CaseResult::new(case.incoming.request.case_id.clone(), status, case.incoming.attempt)
-                        .with_uuid(case.issue.uuid.clone())
+                    CaseResult::new(
+                        case.incoming.request.case_id.clone(),
+                        status,
+                        case.incoming.attempt,
+                    )
+                    .with_uuid(case.issue.uuid.clone())
                 };
                 match verdict {
                     ItemVerdict::Sent { already_issued } => {
@@ -257,7 +270,9 @@ impl Worker {
                         answers[index] = Some(Disposition::Done(sent));
                     }
                     ItemVerdict::Rejected { reason } => {
-                        answers[index] = Some(Disposition::Done(result(Status::Rejected).with_reason(reason)));
+                        answers[index] = Some(Disposition::Done(
+                            result(Status::Rejected).with_reason(reason),
+                        ));
                     }
                     ItemVerdict::Retry { reason } => {
                         last_reason[index] = reason;
@@ -276,7 +291,11 @@ impl Worker {
             }
             match backoff.next() {
                 Some(wait) => {
-                    debug!(items = pending.len(), ?wait, "retrying failed items of a batch");
+                    debug!(
+                        items = pending.len(),
+                        ?wait,
+                        "retrying failed items of a batch"
+                    );
                     tokio::time::sleep(wait).await;
                 }
                 None => break,
@@ -290,7 +309,8 @@ impl Worker {
                 attempt = batch[index].incoming.attempt,
                 "issuing failed, retries ran out for this attempt"
             );
-            answers[index] = Some(self.retry_or_fail(&batch[index].incoming, last_reason[index].clone()));
+            answers[index] =
+                Some(self.retry_or_fail(&batch[index].incoming, last_reason[index].clone()));
         }
         Ok(answers
             .into_iter()

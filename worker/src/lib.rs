@@ -25,7 +25,11 @@ use crate::lookup::LookupClient;
 use crate::verification::VerificationClient;
 
 #[derive(Clone, Debug, clap::Parser)]
-#[command(name = "canotify-worker", version, about = "Checks phones and issues verification codes")]
+#[command(
+    name = "canotify-worker",
+    version,
+    about = "Checks phones and issues verification codes"
+)]
 pub struct WorkerConfig {
     #[command(flatten)]
     pub broker: BrokerArgs,
@@ -34,7 +38,11 @@ pub struct WorkerConfig {
     pub log: LogArgs,
 
     /// Base URL of Twilio Lookup.
-    #[arg(long, env = "CANOTIFY_TWILIO_URL", default_value = "https://lookups.twilio.com")]
+    #[arg(
+        long,
+        env = "CANOTIFY_TWILIO_URL",
+        default_value = "https://lookups.twilio.com"
+    )]
     pub twilio_url: String,
 
     /// Twilio Account SID (or API key SID) for Lookup.
@@ -55,7 +63,11 @@ pub struct WorkerConfig {
     pub accepted_line_types: Vec<String>,
 
     /// Base URL of the verification server's admin API.
-    #[arg(long, env = "CANOTIFY_VERIFICATION_URL", default_value = "https://adminapi.encv.org")]
+    #[arg(
+        long,
+        env = "CANOTIFY_VERIFICATION_URL",
+        default_value = "https://adminapi.encv.org"
+    )]
     pub verification_url: String,
 
     /// Admin API key of the verification server realm.
@@ -69,7 +81,11 @@ pub struct WorkerConfig {
     pub uuid_key: Secret,
 
     /// IANA time zone of the residents, for the server's tzOffset.
-    #[arg(long, env = "CANOTIFY_TIME_ZONE", default_value = "America/Los_Angeles")]
+    #[arg(
+        long,
+        env = "CANOTIFY_TIME_ZONE",
+        default_value = "America/Los_Angeles"
+    )]
     pub time_zone: String,
 
     /// Region of phone numbers written without a country code (ISO 3166).
@@ -139,8 +155,11 @@ impl WorkerConfig {
             self.twilio_auth_token.clone(),
             self.accepted_line_types.iter().map(|t| t.trim().to_owned()),
         );
-        let verification =
-            VerificationClient::new(http, &self.verification_url, self.verification_api_key.clone());
+        let verification = VerificationClient::new(
+            http,
+            &self.verification_url,
+            self.verification_api_key.clone(),
+        );
         let settings = Settings {
             uuid_key: self.uuid_key.clone(),
             time_zone,

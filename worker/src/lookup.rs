@@ -26,7 +26,9 @@ pub enum LookupError {
     #[error("lookup failed, worth retrying: {reason}")]
     Retryable { reason: String },
     /// Credentials refused: nothing will work until the configuration is fixed.
-    #[error("Twilio refused the credentials (HTTP {status}); check CANOTIFY_TWILIO_ACCOUNT_SID and CANOTIFY_TWILIO_AUTH_TOKEN")]
+    #[error(
+        "Twilio refused the credentials (HTTP {status}); check CANOTIFY_TWILIO_ACCOUNT_SID and CANOTIFY_TWILIO_AUTH_TOKEN"
+    )]
     Unauthorized { status: u16 },
 }
 
@@ -104,9 +106,12 @@ impl LookupClient {
             })?;
 
         let status = response.status().as_u16();
-        let body = response.bytes().await.map_err(|err| LookupError::Retryable {
-            reason: transport_reason("lookup", &err),
-        })?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|err| LookupError::Retryable {
+                reason: transport_reason("lookup", &err),
+            })?;
         self.classify(status, &body)
     }
 
@@ -210,7 +215,7 @@ mod tests {
 
     fn client() -> LookupClient {
         LookupClient::new(
-            reqwest::Client::new(),
+            canotify_common::http::client(Duration::from_secs(1)).unwrap(),
             "http://127.0.0.1:1",
             "AC1",
             Secret::new("t"),
@@ -230,8 +235,14 @@ mod tests {
     fn accepted_line_types_are_textable_and_others_are_not() {
         let client = client();
 
-        assert_eq!(client.classify(200, &answer("mobile")).unwrap(), LineCheck::Textable);
-        assert_eq!(client.classify(200, &answer("nonFixedVoip")).unwrap(), LineCheck::Textable);
+        assert_eq!(
+            client.classify(200, &answer("mobile")).unwrap(),
+            LineCheck::Textable
+        );
+        assert_eq!(
+            client.classify(200, &answer("nonFixedVoip")).unwrap(),
+            LineCheck::Textable
+        );
         assert_eq!(
             client.classify(200, &answer("landline")).unwrap(),
             LineCheck::NotTextable {
@@ -248,7 +259,8 @@ mod tests {
 
     #[test]
     fn an_invalid_number_is_a_200_with_valid_false() {
-        let body = br#"{"valid":false,"validation_errors":["TOO_SHORT"],"line_type_intelligence":null}"#;
+        let body =
+            br#"{"valid":false,"validation_errors":["TOO_SHORT"],"line_type_intelligence":null}"#;
 
         assert_eq!(
             client().classify(200, body).unwrap(),
@@ -261,7 +273,9 @@ mod tests {
     #[test]
     fn package_errors_inside_a_200_are_classified() {
         let body = |code: i64| {
-            format!(r#"{{"valid":true,"line_type_intelligence":{{"type":null,"error_code":{code}}}}}"#)
+            format!(
+                r#"{{"valid":true,"line_type_intelligence":{{"type":null,"error_code":{code}}}}}"#
+            )
         };
 
         assert!(matches!(
@@ -280,8 +294,14 @@ mod tests {
     fn faults_are_retryable_and_bad_credentials_are_not() {
         let client = client();
 
-        assert!(matches!(client.classify(500, b"oops"), Err(LookupError::Retryable { .. })));
-        assert!(matches!(client.classify(429, b"{}"), Err(LookupError::Retryable { .. })));
+        assert!(matches!(
+            client.classify(500, b"oops"),
+            Err(LookupError::Retryable { .. })
+        ));
+        assert!(matches!(
+            client.classify(429, b"{}"),
+            Err(LookupError::Retryable { .. })
+        ));
         assert!(matches!(
             client.classify(200, b"<html>busy</html>"),
             Err(LookupError::Retryable { .. })

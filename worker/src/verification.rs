@@ -93,7 +93,9 @@ impl VerificationClient {
 
         let response = match sent {
             Ok(response) => response,
-            Err(err) => return every_item(codes.len(), retry(&transport_reason("verification", &err))),
+            Err(err) => {
+                return every_item(codes.len(), retry(&transport_reason("verification", &err)));
+            }
         };
         let status = response.status().as_u16();
         let retry_after = response
@@ -138,7 +140,10 @@ pub fn classify_batch(
         if status == 429 {
             return BatchVerdict::RateLimited { retry_after };
         }
-        return every_item(expected, retry(&format!("verification_unreadable_http_{status}")));
+        return every_item(
+            expected,
+            retry(&format!("verification_unreadable_http_{status}")),
+        );
     };
 
     match answer.get("codes") {
@@ -185,8 +190,12 @@ pub fn classify_error(code: &str, message: &str) -> ItemVerdict {
         "uuid_already_exists" => ItemVerdict::Sent {
             already_issued: true,
         },
-        "unparsable_request" | "invalid_test_type" | "unsupported_test_type" | "missing_date"
-        | "invalid_date" | "phone_number_invalid" => ItemVerdict::Rejected {
+        "unparsable_request"
+        | "invalid_test_type"
+        | "unsupported_test_type"
+        | "missing_date"
+        | "invalid_date"
+        | "phone_number_invalid" => ItemVerdict::Rejected {
             reason: code.to_owned(),
         },
         "sms_failure" if sms_failure_is_transient(message) => retry(code),
@@ -205,9 +214,18 @@ pub fn classify_error(code: &str, message: &str) -> ItemVerdict {
 /// message names a timeout or an overloaded Twilio.
 fn sms_failure_is_transient(message: &str) -> bool {
     let message = message.to_ascii_lowercase();
-    ["timeout", "timed out", "429", "too many requests", "500", "502", "503", "504"]
-        .iter()
-        .any(|needle| message.contains(needle))
+    [
+        "timeout",
+        "timed out",
+        "429",
+        "too many requests",
+        "500",
+        "502",
+        "503",
+        "504",
+    ]
+    .iter()
+    .any(|needle| message.contains(needle))
 }
 
 fn error_code(object: &serde_json::Map<String, Value>) -> Option<&str> {
@@ -289,7 +307,12 @@ mod tests {
 
     #[test]
     fn transient_codes_are_retried() {
-        for code in ["internal_server_error", "sms_queue_full", "maintenance_mode", "brand_new_code"] {
+        for code in [
+            "internal_server_error",
+            "sms_queue_full",
+            "maintenance_mode",
+            "brand_new_code",
+        ] {
             assert_eq!(
                 item(error(code)),
                 ItemVerdict::Retry {
@@ -309,8 +332,14 @@ mod tests {
             item(failure("The 'To' number is not a valid mobile number")),
             ItemVerdict::Rejected { .. }
         ));
-        assert!(matches!(item(failure("request timed out")), ItemVerdict::Retry { .. }));
-        assert!(matches!(item(failure("Twilio answered 503")), ItemVerdict::Retry { .. }));
+        assert!(matches!(
+            item(failure("request timed out")),
+            ItemVerdict::Retry { .. }
+        ));
+        assert!(matches!(
+            item(failure("Twilio answered 503")),
+            ItemVerdict::Retry { .. }
+        ));
     }
 
     #[test]
@@ -343,9 +372,15 @@ mod tests {
         assert_eq!(
             verdict,
             BatchVerdict::Items(vec![
-                ItemVerdict::Sent { already_issued: false },
-                ItemVerdict::Rejected { reason: "invalid_date".to_owned() },
-                ItemVerdict::Sent { already_issued: false },
+                ItemVerdict::Sent {
+                    already_issued: false
+                },
+                ItemVerdict::Rejected {
+                    reason: "invalid_date".to_owned()
+                },
+                ItemVerdict::Sent {
+                    already_issued: false
+                },
             ])
         );
     }
@@ -376,7 +411,10 @@ mod tests {
 
         let verdict = classify_batch(429, body.as_bytes(), 2, None);
 
-        assert_eq!(verdict, BatchVerdict::Items(vec![ItemVerdict::QuotaExceeded; 2]));
+        assert_eq!(
+            verdict,
+            BatchVerdict::Items(vec![ItemVerdict::QuotaExceeded; 2])
+        );
     }
 
     #[test]
@@ -405,8 +443,14 @@ mod tests {
 
     #[test]
     fn bad_credentials_and_wrong_urls_are_configuration_faults() {
-        assert_eq!(classify_batch(401, br#"{"error":"unauthorized"}"#, 1, None), BatchVerdict::Unauthorized);
-        assert_eq!(classify_batch(404, b"404 page not found", 1, None), BatchVerdict::NotFound { status: 404 });
+        assert_eq!(
+            classify_batch(401, br#"{"error":"unauthorized"}"#, 1, None),
+            BatchVerdict::Unauthorized
+        );
+        assert_eq!(
+            classify_batch(404, b"404 page not found", 1, None),
+            BatchVerdict::NotFound { status: 404 }
+        );
     }
 
     #[test]

@@ -19,7 +19,11 @@ use lapin::types::FieldTable;
 use tracing::{debug, error, info, warn};
 
 #[derive(Clone, Debug, clap::Parser)]
-#[command(name = "canotify-writer", version, about = "Writes case outcomes back to the warehouse")]
+#[command(
+    name = "canotify-writer",
+    version,
+    about = "Writes case outcomes back to the warehouse"
+)]
 pub struct WriterConfig {
     #[command(flatten)]
     pub broker: BrokerArgs,
@@ -31,11 +35,11 @@ pub struct WriterConfig {
     pub log: LogArgs,
 
     /// Results written per statement, at most.
-    #[arg(long, env = "CANOTIFY_WRITE_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u16).range(1..=10_000))]
+    #[arg(long = "write-batch-size", env = "CANOTIFY_WRITE_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u16).range(1..=10_000))]
     pub batch_size: u16,
 
     /// Longest a result waits for its batch to fill.
-    #[arg(long, env = "CANOTIFY_WRITE_LINGER", default_value = "500ms", value_parser = parse_duration)]
+    #[arg(long = "write-linger", env = "CANOTIFY_WRITE_LINGER", default_value = "500ms", value_parser = parse_duration)]
     pub linger: Duration,
 }
 
@@ -73,7 +77,10 @@ pub async fn run_with<W: Warehouse>(
     // Prefetch twice the batch, so the next batch fills while one is written.
     let channel = connection.create_channel().await?;
     channel
-        .basic_qos(config.batch_size.saturating_mul(2), BasicQosOptions { global: false })
+        .basic_qos(
+            config.batch_size.saturating_mul(2),
+            BasicQosOptions { global: false },
+        )
         .await?;
     let mut consumer = channel
         .basic_consume(
@@ -217,7 +224,10 @@ async fn write_one_by_one<W: Warehouse>(
     sources: &[&Delivery],
 ) -> bool {
     for (result, delivery) in results.iter().zip(sources) {
-        if let Err(err) = warehouse.record_outcomes(std::slice::from_ref(result)).await {
+        if let Err(err) = warehouse
+            .record_outcomes(std::slice::from_ref(result))
+            .await
+        {
             error!(case_id = %result.case_id, error = %err, "the warehouse refused a result; dead-lettering it");
             let letter = topology.dead_letter(
                 &delivery.data,

@@ -36,7 +36,9 @@ pub enum WarehouseError {
         #[source]
         source: tokio_postgres::Error,
     },
-    #[error("schema name {0:?} must be 1 to 63 lower-case letters, digits or '_', not starting with a digit")]
+    #[error(
+        "schema name {0:?} must be 1 to 63 lower-case letters, digits or '_', not starting with a digit"
+    )]
     BadSchema(String),
     #[error("database query failed: {0}")]
     Query(#[from] tokio_postgres::Error),
@@ -349,9 +351,18 @@ mod tests {
 
     #[test]
     fn the_window_counts_whole_days_either_way() {
-        assert_eq!(days_apart("2026-11-10".parse().unwrap(), "2026-11-24".parse().unwrap()), 14);
-        assert_eq!(days_apart("2026-11-24".parse().unwrap(), "2026-11-10".parse().unwrap()), 14);
-        assert_eq!(days_apart("2026-02-20".parse().unwrap(), "2026-03-10".parse().unwrap()), 18);
+        assert_eq!(
+            days_apart("2026-11-10".parse().unwrap(), "2026-11-24".parse().unwrap()),
+            14
+        );
+        assert_eq!(
+            days_apart("2026-11-24".parse().unwrap(), "2026-11-10".parse().unwrap()),
+            14
+        );
+        assert_eq!(
+            days_apart("2026-02-20".parse().unwrap(), "2026-03-10".parse().unwrap()),
+            18
+        );
     }
 
     #[test]

@@ -19,7 +19,10 @@ use crate::{CaseId, CaseResult, CheckRequest, E164, Secret, Status};
 const MIGRATIONS: [(i32, &str); 3] = [
     (1, include_str!("../../../migrations/0001_cases.sql")),
     (2, include_str!("../../../migrations/0002_outcomes.sql")),
-    (3, include_str!("../../../migrations/0003_writeback_view.sql")),
+    (
+        3,
+        include_str!("../../../migrations/0003_writeback_view.sql"),
+    ),
 ];
 
 /// A case as the health department's table holds it, for seeding a local
@@ -106,10 +109,14 @@ impl PostgresWarehouse {
         for chunk in cases.chunks(5_000) {
             let ids: Vec<&str> = chunk.iter().map(|c| c.case_id.as_str()).collect();
             let phones: Vec<Option<&str>> = chunk.iter().map(|c| c.phone.as_deref()).collect();
-            let tests: Vec<Option<String>> =
-                chunk.iter().map(|c| c.test_date.map(|d| d.to_string())).collect();
-            let symptoms: Vec<Option<String>> =
-                chunk.iter().map(|c| c.symptom_date.map(|d| d.to_string())).collect();
+            let tests: Vec<Option<String>> = chunk
+                .iter()
+                .map(|c| c.test_date.map(|d| d.to_string()))
+                .collect();
+            let symptoms: Vec<Option<String>> = chunk
+                .iter()
+                .map(|c| c.symptom_date.map(|d| d.to_string()))
+                .collect();
             let types: Vec<Option<&str>> = chunk.iter().map(|c| c.test_type.as_deref()).collect();
             inserted += self
                 .with_client(async |client| {
@@ -156,8 +163,7 @@ impl PostgresWarehouse {
         &self,
         tx: &Transaction<'_>,
         request: &ClaimRequest,
-    ) -> Result<(Vec<Candidate>, Vec<(String, &'static str)>, Option<CaseId>), WarehouseError>
-    {
+    ) -> Result<(Vec<Candidate>, Vec<(String, &'static str)>, Option<CaseId>), WarehouseError> {
         let sql = self.sql(
             "SELECT c.case_id, c.phone, c.test_date::text, c.symptom_date::text, c.test_type
              FROM {schema}.cases c
@@ -262,12 +268,13 @@ fn parse_date(text: Option<String>) -> Result<Option<jiff::civil::Date>, ()> {
 }
 
 async fn open(url: &Secret) -> Result<Client, WarehouseError> {
-    let (client, connection) = tokio_postgres::connect(url.expose(), NoTls)
-        .await
-        .map_err(|source| WarehouseError::Connect {
-            address: redact_url(url.expose()),
-            source,
-        })?;
+    let (client, connection) =
+        tokio_postgres::connect(url.expose(), NoTls)
+            .await
+            .map_err(|source| WarehouseError::Connect {
+                address: redact_url(url.expose()),
+                source,
+            })?;
     tokio::spawn(async move {
         if let Err(err) = connection.await {
             tracing::warn!(error = %err, "warehouse connection closed");
@@ -296,8 +303,11 @@ impl Warehouse for PostgresWarehouse {
             // Processes start together under compose; the lock lets one
             // migrate while the others wait and then find nothing to do.
             let tx = client.transaction().await?;
-            tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&lock_key])
-                .await?;
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                &[&lock_key],
+            )
+            .await?;
             tx.batch_execute(&setup).await?;
             let applied: Vec<i32> = tx
                 .query(&applied_sql, &[])
@@ -349,8 +359,11 @@ impl Warehouse for PostgresWarehouse {
 
             // One claim at a time per schema: with two producers, the second
             // reads only after the first has committed its claims.
-            tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&lock_key])
-                .await?;
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                &[&lock_key],
+            )
+            .await?;
             let (candidates, refused, next) = self.read_candidates(&tx, request).await?;
             let texting = self.read_texting(&tx, &candidates).await?;
             let decisions = plan_claims(&candidates, texting, request.window_days);
@@ -484,7 +497,10 @@ impl Warehouse for PostgresWarehouse {
         let ids: Vec<&str> = rows.iter().map(|r| r.case_id.as_str()).collect();
         let statuses: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
         let reasons: Vec<Option<&str>> = rows.iter().map(|r| r.reason.as_deref()).collect();
-        let uuids: Vec<Option<&str>> = rows.iter().map(|r| r.verification_uuid.as_deref()).collect();
+        let uuids: Vec<Option<&str>> = rows
+            .iter()
+            .map(|r| r.verification_uuid.as_deref())
+            .collect();
         let attempts: Vec<i32> = rows
             .iter()
             .map(|r| i32::try_from(r.attempts).unwrap_or(i32::MAX))
@@ -499,7 +515,15 @@ impl Warehouse for PostgresWarehouse {
             client
                 .execute(
                     &sql,
-                    &[&ids, &statuses, &reasons, &uuids, &attempts, &duplicate_of, &finished],
+                    &[
+                        &ids,
+                        &statuses,
+                        &reasons,
+                        &uuids,
+                        &attempts,
+                        &duplicate_of,
+                        &finished,
+                    ],
                 )
                 .await?;
             Ok(())
