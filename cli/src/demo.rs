@@ -162,13 +162,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     let prefix = format!("canotify-demo-{suffix}");
     let log_dir = std::env::temp_dir().join(format!("canotify-demo-{suffix}"));
     std::fs::create_dir_all(&log_dir)?;
-    say(
-        &args,
-        &format!(
-            "demo schema {schema}, queue prefix {prefix}, logs in {}",
-            log_dir.display()
-        ),
-    );
+    say(&format!(
+        "demo schema {schema}, queue prefix {prefix}, logs in {}",
+        log_dir.display()
+    ));
 
     let twilio_sim =
         twilio::start(twilio::TwilioConfig::default(), ([127, 0, 0, 1], 0).into()).await?;
@@ -186,7 +183,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
         .map(|c| c.case)
         .collect();
     warehouse.insert_cases(&cases).await?;
-    say(&args, &format!("seeded {} cases", cases.len()));
+    say(&format!("seeded {} cases", cases.len()));
 
     let env = ChildEnv {
         amqp_url: args.amqp_url.clone(),
@@ -227,10 +224,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     summary.peak_rss_kib = peak;
 
     if args.keep {
-        say(
-            &args,
-            &format!("kept schema {schema} and queues {prefix}.*"),
-        );
+        say(&format!("kept schema {schema} and queues {prefix}.*"));
     } else {
         warehouse.drop_schema().await?;
         if let Ok(connection) = broker::connect(&args.amqp_url, "canotify-demo").await {
@@ -242,13 +236,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
             }
             let _ = connection.close(200, "demo done".into()).await;
         }
-        let _ = std::fs::remove_dir_all(&log_dir)
-            .map(|()| ())
-            .or_else(|_| Ok::<(), ()>(()));
     }
     twilio_sim.shutdown().await;
     verification_sim.shutdown().await;
 
+    // The children's logs are worth keeping only when something went wrong.
+    if outcome.is_ok() && summary.passed() && !args.keep {
+        let _ = std::fs::remove_dir_all(&log_dir);
+    } else {
+        say(&format!("the processes' logs are in {}", log_dir.display()));
+    }
     outcome?;
     Ok(summary)
 }
@@ -275,35 +272,29 @@ async fn watch_progress(
         if done || last_print.elapsed() >= Duration::from_secs(2) {
             last_print = Instant::now();
             let elapsed = started.elapsed().as_secs_f64();
-            say(
-                args,
-                &format!(
-                    "{resolved}/{} resolved, {} sent, {:.0} cases/s",
-                    counts.total(),
-                    counts.get(Status::Sent),
-                    resolved as f64 / elapsed.max(0.001)
-                ),
-            );
+            say(&format!(
+                "{resolved}/{} resolved, {} sent, {:.0} cases/s",
+                counts.total(),
+                counts.get(Status::Sent),
+                resolved as f64 / elapsed.max(0.001)
+            ));
         }
         if done {
             return Ok(());
         }
         if started.elapsed() > args.timeout {
-            say(
-                args,
-                &format!(
-                    "timed out after {:?} with {} cases unresolved",
-                    args.timeout,
-                    counts.unresolved()
-                ),
-            );
+            say(&format!(
+                "timed out after {:?} with {} cases unresolved",
+                args.timeout,
+                counts.unresolved()
+            ));
             return Ok(());
         }
     }
 }
 
 /// Progress goes to stderr, so `--json` leaves stdout to the summary.
-fn say(_args: &DemoArgs, line: &str) {
+fn say(line: &str) {
     eprintln!("canotify demo: {line}");
 }
 
