@@ -1,6 +1,7 @@
-//! `docker-compose.yml` is for users, and no Docker engine runs here, so it
-//! is checked by reading it: every canotify service runs a binary of this
-//! workspace, and every variable it sets is one that binary reads.
+//! What users read and run without the code: `docker-compose.yml`, checked
+//! by reading it since no Docker engine runs here (every canotify service
+//! runs a binary of this workspace, and every variable it sets is one that
+//! binary reads), and the README's configuration tables.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -161,4 +162,24 @@ fn the_simulators_listen_where_the_worker_is_told_to_look() {
         env("worker", "CANOTIFY_VERIFICATION_API_KEY"),
         env("simulators", "SIM_VERIFICATION_API_KEY")
     );
+}
+
+#[test]
+fn the_readme_documents_every_variable_each_binary_reads() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+
+    for binary in [
+        "canotify-producer",
+        "canotify-worker",
+        "canotify-writer",
+        "canotify-simulators",
+    ] {
+        for variable in accepted(binary).unwrap() {
+            assert!(
+                readme.contains(&format!("`{variable}`")),
+                "README lacks {variable} of {binary}"
+            );
+        }
+    }
 }

@@ -37,6 +37,16 @@ pub const STAGE_HEADER: &str = "x-canotify-stage";
 /// The header naming the queue a dead letter came from.
 pub const SOURCE_HEADER: &str = "x-canotify-source-queue";
 
+/// The header holding when a case first failed in a way worth retrying
+/// (RFC 3339), carried through every retry to its dead letter.
+pub const FIRST_FAILURE_HEADER: &str = "x-canotify-first-failure";
+
+/// The header holding when a message last failed (RFC 3339).
+pub const LAST_FAILURE_HEADER: &str = "x-canotify-last-failure";
+
+/// The header an operator's requeue adds, holding when it happened.
+pub const REQUEUED_HEADER: &str = "x-canotify-requeued-at";
+
 /// How long a publish may wait for its confirm before it counts as failed.
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -133,7 +143,9 @@ impl Topology {
     }
 
     /// A copy of a message for the dead-letter queue, keeping its headers
-    /// and adding why, where and by whom it was given up.
+    /// and adding why, where and by whom it was given up, and when. Its
+    /// message id is the case id when the body names one, so an operator
+    /// can find it by case.
     pub fn dead_letter(
         &self,
         body: &[u8],
@@ -142,7 +154,12 @@ impl Topology {
         stage: &str,
         reason: &str,
     ) -> Outgoing {
+        let now = string(&jiff::Timestamp::now().to_string());
         let mut headers = headers.cloned().unwrap_or_default();
+        if !headers.contains_key(FIRST_FAILURE_HEADER) {
+            headers.insert(FIRST_FAILURE_HEADER.into(), now.clone());
+        }
+        headers.insert(LAST_FAILURE_HEADER.into(), now);
         headers.insert(REASON_HEADER.into(), string(reason));
         headers.insert(STAGE_HEADER.into(), string(stage));
         headers.insert(SOURCE_HEADER.into(), string(source_queue));
@@ -150,7 +167,7 @@ impl Topology {
             queue: self.dead(),
             body: body.to_vec(),
             headers,
-            message_id: None,
+            message_id: case_id_of(body),
         }
     }
 
@@ -243,7 +260,27 @@ impl Topology {
     }
 }
 
-fn string(s: &str) -> AMQPValue {
+/// The `case_id` of a JSON message body, if it has a readable one.
+pub fn case_id_of(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct WithCaseId {
+        case_id: crate::CaseId,
+    }
+    serde_json::from_slice::<WithCaseId>(body)
+        .ok()
+        .map(|m| m.case_id.as_str().to_owned())
+}
+
+/// Reads a string header, whichever AMQP string type it came as.
+pub fn header_str<'a>(headers: Option<&'a FieldTable>, name: &str) -> Option<&'a str> {
+    match headers?.inner().get(name)? {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+        AMQPValue::ShortString(s) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+pub(crate) fn string(s: &str) -> AMQPValue {
     AMQPValue::LongString(s.into())
 }
 

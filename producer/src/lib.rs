@@ -107,7 +107,19 @@ pub async fn run_with<W: Warehouse>(
     info!(queue = %topology.checks(), once = config.once, "producer started");
 
     loop {
-        let summary = pass(&config, &warehouse, &publisher, &topology, &shutdown).await?;
+        let summary = match pass(&config, &warehouse, &publisher, &topology, &shutdown).await {
+            Ok(summary) => summary,
+            // A polling producer outlives a database outage: what it had
+            // claimed but not published is taken again after the claim age.
+            Err(ProducerError::Warehouse(err)) if err.is_retryable() && !config.once => {
+                warn!(error = %err, retry_in = ?config.poll_interval, "warehouse unavailable; will try again");
+                tokio::select! {
+                    _ = shutdown.requested() => break,
+                    _ = tokio::time::sleep(config.poll_interval) => continue,
+                }
+            }
+            Err(err) => return Err(err),
+        };
         info!(
             published = summary.published,
             duplicates = summary.duplicates,

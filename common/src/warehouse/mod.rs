@@ -47,6 +47,18 @@ pub enum WarehouseError {
 }
 
 impl WarehouseError {
+    /// A deadlock or serialisation failure: the statement lost a race and
+    /// can simply run again.
+    pub fn is_conflict(&self) -> bool {
+        let Self::Query(err) = self else {
+            return false;
+        };
+        err.code().is_some_and(|code| {
+            *code == tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED
+                || *code == tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
+        })
+    }
+
     /// Whether trying again later may succeed (the database was away) rather
     /// than failing the same way (a bad schema name, a broken query).
     pub fn is_retryable(&self) -> bool {

@@ -4,6 +4,7 @@
 //! as arrays unnested in SQL, so a batch is one statement.
 
 use std::collections::HashMap;
+use std::future::Future;
 
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls, Transaction};
@@ -24,6 +25,9 @@ const MIGRATIONS: [(i32, &str); 3] = [
         include_str!("../../../migrations/0003_writeback_view.sql"),
     ),
 ];
+
+/// How many times a statement that lost a deadlock is tried again.
+const MAX_CONFLICT_RETRIES: u64 = 5;
 
 /// A case as the health department's table holds it, for seeding a local
 /// warehouse.
@@ -89,6 +93,30 @@ impl PostgresWarehouse {
             *guard = None;
         }
         result
+    }
+
+    /// Runs `op` again when it loses a deadlock or a serialisation race:
+    /// every write here is idempotent, and PostgreSQL has already rolled
+    /// the loser back.
+    async fn retrying_conflicts<T, Op, Fut>(&self, op: Op) -> Result<T, WarehouseError>
+    where
+        Op: Fn() -> Fut,
+        Fut: Future<Output = Result<T, WarehouseError>>,
+    {
+        let mut conflicts = 0;
+        loop {
+            match op().await {
+                Err(err) if err.is_conflict() && conflicts < MAX_CONFLICT_RETRIES => {
+                    conflicts += 1;
+                    tracing::debug!(
+                        conflicts,
+                        "a warehouse statement lost a lock race; trying again"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(20 * conflicts)).await;
+                }
+                result => return result,
+            }
+        }
     }
 
     fn sql(&self, template: &str) -> String {
@@ -334,6 +362,7 @@ impl Warehouse for PostgresWarehouse {
                  (case_id, status, phone_e164, episode_date, claimed_at, updated_at)
              SELECT id, 'queued', phone, episode::date, now(), now()
              FROM UNNEST($1::text[], $2::text[], $3::text[]) AS t(id, phone, episode)
+             ORDER BY id
              ON CONFLICT (case_id) DO UPDATE
                  SET claimed_at = now(), published_at = NULL, updated_at = now(),
                      phone_e164 = EXCLUDED.phone_e164, episode_date = EXCLUDED.episode_date
@@ -347,6 +376,7 @@ impl Warehouse for PostgresWarehouse {
              SELECT id, status, reason, duplicate_of, phone, episode::date, now(), now()
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
                   AS t(id, status, reason, duplicate_of, phone, episode)
+             ORDER BY id
              ON CONFLICT (case_id) DO UPDATE
                  SET status = EXCLUDED.status, reason = EXCLUDED.reason,
                      duplicate_of = EXCLUDED.duplicate_of,
@@ -354,107 +384,124 @@ impl Warehouse for PostgresWarehouse {
                  WHERE o.status = 'queued'",
         );
 
-        self.with_client(async |client| {
-            let tx = client.transaction().await?;
+        self.retrying_conflicts(|| {
+            self.with_client(async |client| {
+                let tx = client.transaction().await?;
 
-            // One claim at a time per schema: with two producers, the second
-            // reads only after the first has committed its claims.
-            tx.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                &[&lock_key],
-            )
-            .await?;
-            let (candidates, refused, next) = self.read_candidates(&tx, request).await?;
-            let texting = self.read_texting(&tx, &candidates).await?;
-            let decisions = plan_claims(&candidates, texting, request.window_days);
-
-            let mut claim = FinalRows::default();
-            let mut finals = FinalRows::default();
-            let mut deferred = 0;
-            let mut duplicates = 0;
-            for (candidate, decision) in candidates.iter().zip(&decisions) {
-                match decision {
-                    Decision::Claim => claim.push(candidate, None, None, None),
-                    Decision::Duplicate { of } => {
-                        duplicates += 1;
-                        finals.push(
-                            candidate,
-                            Some(Status::Duplicate),
-                            Some(DUPLICATE_REASON),
-                            Some(of.as_str()),
-                        );
-                    }
-                    Decision::Defer => deferred += 1,
-                }
-            }
-            for (id, reason) in &refused {
-                finals.push_raw(id, Status::Rejected, reason);
-            }
-
-            let claimed_ids: Vec<String> = if claim.ids.is_empty() {
-                Vec::new()
-            } else {
-                tx.query(&claim_sql, &[&claim.ids, &claim.phones, &claim.episodes])
-                    .await?
-                    .iter()
-                    .map(|row| row.get(0))
-                    .collect()
-            };
-            if !finals.ids.is_empty() {
+                // One claim at a time per schema: with two producers, the second
+                // reads only after the first has committed its claims.
                 tx.execute(
-                    &final_sql,
-                    &[
-                        &finals.ids,
-                        &finals.statuses,
-                        &finals.reasons,
-                        &finals.duplicate_of,
-                        &finals.phones,
-                        &finals.episodes,
-                    ],
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                    &[&lock_key],
                 )
                 .await?;
-            }
-            tx.commit().await?;
+                let (candidates, refused, next) = self.read_candidates(&tx, request).await?;
+                let texting = self.read_texting(&tx, &candidates).await?;
+                let decisions = plan_claims(&candidates, texting, request.window_days);
 
-            // Only what this producer really claimed is published: a row the
-            // writer finished meanwhile is left alone.
-            let mut by_id: HashMap<String, CheckRequest> = candidates
-                .into_iter()
-                .map(|c| (c.request.case_id.as_str().to_owned(), c.request))
-                .collect();
-            let claimed = claimed_ids
-                .iter()
-                .filter_map(|id| by_id.remove(id))
-                .collect();
-            Ok(ClaimedPage {
-                claimed,
-                duplicates,
-                deferred,
-                refused: refused.len(),
-                next,
+                let mut claim = FinalRows::default();
+                let mut finals = FinalRows::default();
+                let mut deferred = 0;
+                let mut duplicates = 0;
+                for (candidate, decision) in candidates.iter().zip(&decisions) {
+                    match decision {
+                        Decision::Claim => claim.push(candidate, None, None, None),
+                        Decision::Duplicate { of } => {
+                            duplicates += 1;
+                            finals.push(
+                                candidate,
+                                Some(Status::Duplicate),
+                                Some(DUPLICATE_REASON),
+                                Some(of.as_str()),
+                            );
+                        }
+                        Decision::Defer => deferred += 1,
+                    }
+                }
+                for (id, reason) in &refused {
+                    finals.push_raw(id, Status::Rejected, reason);
+                }
+
+                let claimed_ids: Vec<String> = if claim.ids.is_empty() {
+                    Vec::new()
+                } else {
+                    tx.query(&claim_sql, &[&claim.ids, &claim.phones, &claim.episodes])
+                        .await?
+                        .iter()
+                        .map(|row| row.get(0))
+                        .collect()
+                };
+                if !finals.ids.is_empty() {
+                    tx.execute(
+                        &final_sql,
+                        &[
+                            &finals.ids,
+                            &finals.statuses,
+                            &finals.reasons,
+                            &finals.duplicate_of,
+                            &finals.phones,
+                            &finals.episodes,
+                        ],
+                    )
+                    .await?;
+                }
+                tx.commit().await?;
+
+                // Only what this producer really claimed is published: a row the
+                // writer finished meanwhile is left alone.
+                let mut by_id: HashMap<String, CheckRequest> = candidates
+                    .into_iter()
+                    .map(|c| (c.request.case_id.as_str().to_owned(), c.request))
+                    .collect();
+                let claimed = claimed_ids
+                    .iter()
+                    .filter_map(|id| by_id.remove(id))
+                    .collect();
+                Ok(ClaimedPage {
+                    claimed,
+                    duplicates,
+                    deferred,
+                    refused: refused.len(),
+                    next,
+                })
             })
         })
         .await
     }
 
     async fn mark_published(&self, cases: &[CaseId]) -> Result<(), WarehouseError> {
+        // Rows are locked in case-id order, the order the writer uses, so
+        // the two cannot deadlock.
         let sql = self.sql(
-            "UPDATE {schema}.outcomes SET published_at = now(), updated_at = now()
-             WHERE case_id = ANY($1) AND status = 'queued'",
+            "WITH locked AS (
+                 SELECT case_id FROM {schema}.outcomes
+                 WHERE case_id = ANY($1) AND status = 'queued'
+                 ORDER BY case_id
+                 FOR UPDATE)
+             UPDATE {schema}.outcomes o SET published_at = now(), updated_at = now()
+             FROM locked WHERE o.case_id = locked.case_id",
         );
         let ids: Vec<&str> = cases.iter().map(CaseId::as_str).collect();
-        self.with_client(async |client| Ok(client.execute(&sql, &[&ids]).await.map(drop)?))
-            .await
+        self.retrying_conflicts(|| {
+            self.with_client(async |client| Ok(client.execute(&sql, &[&ids]).await.map(drop)?))
+        })
+        .await
     }
 
     async fn release_claims(&self, cases: &[CaseId]) -> Result<(), WarehouseError> {
         let sql = self.sql(
-            "DELETE FROM {schema}.outcomes
-             WHERE case_id = ANY($1) AND status = 'queued' AND published_at IS NULL",
+            "WITH locked AS (
+                 SELECT case_id FROM {schema}.outcomes
+                 WHERE case_id = ANY($1) AND status = 'queued' AND published_at IS NULL
+                 ORDER BY case_id
+                 FOR UPDATE)
+             DELETE FROM {schema}.outcomes o USING locked WHERE o.case_id = locked.case_id",
         );
         let ids: Vec<&str> = cases.iter().map(CaseId::as_str).collect();
-        self.with_client(async |client| Ok(client.execute(&sql, &[&ids]).await.map(drop)?))
-            .await
+        self.retrying_conflicts(|| {
+            self.with_client(async |client| Ok(client.execute(&sql, &[&ids]).await.map(drop)?))
+        })
+        .await
     }
 
     async fn record_outcomes(&self, results: &[CaseResult]) -> Result<(), WarehouseError> {
@@ -469,6 +516,7 @@ impl Warehouse for PostgresWarehouse {
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[],
                          $6::text[], $7::text[])
                   AS t(id, status, reason, uuid, attempts, duplicate_of, finished)
+             ORDER BY id
              ON CONFLICT (case_id) DO UPDATE
                  SET status = EXCLUDED.status, reason = EXCLUDED.reason,
                      verification_uuid = EXCLUDED.verification_uuid,
@@ -492,7 +540,8 @@ impl Warehouse for PostgresWarehouse {
                 *slot = result;
             }
         }
-        let rows: Vec<&CaseResult> = best.into_values().collect();
+        let mut rows: Vec<&CaseResult> = best.into_values().collect();
+        rows.sort_by(|a, b| a.case_id.cmp(&b.case_id));
 
         let ids: Vec<&str> = rows.iter().map(|r| r.case_id.as_str()).collect();
         let statuses: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
@@ -511,22 +560,24 @@ impl Warehouse for PostgresWarehouse {
             .collect();
         let finished: Vec<String> = rows.iter().map(|r| r.finished_at.to_string()).collect();
 
-        self.with_client(async |client| {
-            client
-                .execute(
-                    &sql,
-                    &[
-                        &ids,
-                        &statuses,
-                        &reasons,
-                        &uuids,
-                        &attempts,
-                        &duplicate_of,
-                        &finished,
-                    ],
-                )
-                .await?;
-            Ok(())
+        self.retrying_conflicts(|| {
+            self.with_client(async |client| {
+                client
+                    .execute(
+                        &sql,
+                        &[
+                            &ids,
+                            &statuses,
+                            &reasons,
+                            &uuids,
+                            &attempts,
+                            &duplicate_of,
+                            &finished,
+                        ],
+                    )
+                    .await?;
+                Ok(())
+            })
         })
         .await
     }
