@@ -23,6 +23,9 @@ use crate::{ledger, preflight, seed};
 /// The one-text-per-person window the demo's producer uses, in days.
 const WINDOW_DAYS: u32 = 14;
 
+/// The demo's retry delays: short, so a demo with faults ends in minutes.
+const RETRY_DELAYS: &str = "1s,5s,15s";
+
 #[derive(Clone, Debug, clap::Args)]
 pub struct DemoArgs {
     /// Cases to seed and run.
@@ -230,7 +233,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
         if let Ok(connection) = broker::connect(&args.amqp_url, "canotify-demo").await {
             if let (Ok(channel), Ok(topology)) = (
                 connection.create_channel().await,
-                Topology::new(&prefix, args.queue_type),
+                Topology::new(&prefix, args.queue_type).map(|t| t.with_retry_delays(&retry_delays())),
             ) {
                 let _ = topology.delete(&channel).await;
             }
@@ -248,6 +251,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     }
     outcome?;
     Ok(summary)
+}
+
+fn retry_delays() -> Vec<Duration> {
+    RETRY_DELAYS
+        .split(',')
+        .map(|d| parse_duration(d).expect("the demo's delays parse"))
+        .collect()
 }
 
 /// Prints progress until every case is resolved, a child dies, or time
@@ -331,6 +341,7 @@ impl ChildEnv {
             .env("CANOTIFY_DATABASE_URL", self.database_url.expose())
             .env("CANOTIFY_SCHEMA", &self.schema)
             .env("CANOTIFY_POLL_INTERVAL", "1s")
+            .env("CANOTIFY_RETRY_DELAYS", RETRY_DELAYS)
             .env("CANOTIFY_TWILIO_URL", &self.twilio_url)
             .env(
                 "CANOTIFY_TWILIO_ACCOUNT_SID",

@@ -1,8 +1,12 @@
 //! The operator's side of canotify: seeding a local warehouse, running the
-//! whole pipeline locally in one command, and the figures that show it
-//! worked. The binary `canotify` is a thin shell over these modules.
+//! whole pipeline locally in one command, the figures that show it worked,
+//! how the queues and outcomes stand, and the dead letters to inspect,
+//! requeue or purge. The binary `canotify` is a thin shell over these
+//! modules.
 
 pub mod demo;
+pub mod dlq;
 pub mod ledger;
 pub mod preflight;
 pub mod seed;
+pub mod status;

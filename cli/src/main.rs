@@ -3,10 +3,12 @@
 
 use std::process::ExitCode;
 
-use canotify_cli::{demo, seed};
+use canotify_cli::dlq::{self, Confirm, DeadLetters, DlqArgs, SelectArgs};
+use canotify_cli::{demo, seed, status};
 use canotify_common::config::WarehouseArgs;
 use canotify_common::warehouse::{PostgresWarehouse, Warehouse};
 use clap::{Parser, Subcommand};
+use serde::Serialize;
 
 #[derive(Parser)]
 #[command(name = "canotify", version, about = "Operate the canotify pipeline")]
@@ -37,6 +39,62 @@ enum Command {
     },
     /// Run the whole pipeline locally against simulators, then summarise.
     Demo(demo::DemoArgs),
+    /// Inspect, requeue or purge the dead letters in `{prefix}.dead`.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Depth and consumers of every queue, and the outcome counts.
+    Status(status::StatusArgs),
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Count the dead letters and list them, one line each, in queue order.
+    List {
+        #[command(flatten)]
+        common: DlqArgs,
+    },
+    /// Show every letter with this id: headers, and body with the phone
+    /// masked and the dates and test type left out.
+    Show {
+        #[command(flatten)]
+        common: DlqArgs,
+
+        /// The letter's id, as `list` shows it.
+        id: String,
+    },
+    /// Put letters back on the queue they came from, attempts reset.
+    Requeue {
+        #[command(flatten)]
+        common: DlqArgs,
+
+        #[command(flatten)]
+        select: SelectArgs,
+    },
+    /// Remove letters for good, after asking.
+    Purge {
+        #[command(flatten)]
+        common: DlqArgs,
+
+        #[command(flatten)]
+        select: SelectArgs,
+
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+impl DlqCommand {
+    fn common(&self) -> &DlqArgs {
+        match self {
+            Self::List { common }
+            | Self::Show { common, .. }
+            | Self::Requeue { common, .. }
+            | Self::Purge { common, .. } => common,
+        }
+    }
 }
 
 #[tokio::main]
@@ -92,5 +150,76 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         }
+        Command::Dlq { command } => {
+            // A missing selection is refused before anything is connected.
+            if let DlqCommand::Requeue { select, .. } | DlqCommand::Purge { select, .. } = &command
+            {
+                select.selection()?;
+            }
+            let dead = DeadLetters::connect(&command.common().broker).await?;
+            let done = run_dlq(&dead, command).await;
+            dead.close().await;
+            done
+        }
+        Command::Status(args) => {
+            let report = status::gather(&args.broker, &args.warehouse).await?;
+            emit(args.json, &report, status::render)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run_dlq(dead: &DeadLetters, command: DlqCommand) -> anyhow::Result<ExitCode> {
+    let json = command.common().json;
+    match command {
+        DlqCommand::List { .. } => {
+            emit(json, &dead.list().await?, dlq::render_list)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqCommand::Show { id, .. } => {
+            emit(json, &dead.show(&id).await?, dlq::render_show)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqCommand::Requeue { select, .. } => {
+            let report = dead.requeue(&select.selection()?).await?;
+            emit(json, &report, dlq::render_requeue)?;
+            Ok(complete(report.is_complete()))
+        }
+        DlqCommand::Purge { select, yes, .. } => {
+            // The question goes to stderr, so `--json` output stays one
+            // object on stdout.
+            let mut input = std::io::stdin().lock();
+            let mut prompt = std::io::stderr();
+            let confirm = if yes {
+                Confirm::Yes
+            } else {
+                Confirm::Ask {
+                    input: &mut input,
+                    prompt: &mut prompt,
+                }
+            };
+            let report = dead.purge(&select.selection()?, confirm).await?;
+            emit(json, &report, dlq::render_purge)?;
+            Ok(complete(report.not_found.is_empty()))
+        }
+    }
+}
+
+/// Prints one JSON object, or the text rendering.
+fn emit<T: Serialize>(json: bool, value: &T, render: fn(&T) -> String) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(value)?);
+    } else {
+        println!("{}", render(value));
+    }
+    Ok(())
+}
+
+/// Failure when part of what was asked was not done, so scripts notice.
+fn complete(all_done: bool) -> ExitCode {
+    if all_done {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

@@ -172,7 +172,7 @@ async fn redelivering_every_case_message_changes_no_outcome_and_sends_no_second_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partially_failed_batch_records_the_others_sent_and_not_the_failed_ones() {
     let mut pipeline = Pipeline::new("partial").await;
-    pipeline.max_attempts = 2;
+    pipeline.set_retry_delays("100ms");
     let cases: Vec<NewCase> = (0..10)
         .map(|n| mobile_case(&format!("p{n:02}"), n, 2))
         .collect();

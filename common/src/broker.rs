@@ -96,11 +96,45 @@ pub async fn connect(url: &Secret, process: &str) -> Result<Connection, BrokerEr
         })
 }
 
+/// Connects, trying again with jittered backoff until it works or shutdown
+/// is asked for (then `None`). Every process uses it at start and after
+/// losing the broker, so an outage only pauses the pipeline.
+pub async fn connect_with_retry(
+    url: &Secret,
+    process: &str,
+    shutdown: &crate::Shutdown,
+) -> Option<Connection> {
+    let mut backoff = backon::BackoffBuilder::build(
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(250))
+            .with_max_delay(Duration::from_secs(15))
+            .with_jitter()
+            .without_max_times(),
+    );
+    loop {
+        if shutdown.is_requested() {
+            return None;
+        }
+        match connect(url, process).await {
+            Ok(connection) => return Some(connection),
+            Err(err) => {
+                let wait = backoff.next().unwrap_or(Duration::from_secs(15));
+                tracing::warn!(error = %err, retry_in = ?wait, "broker unavailable; will connect again");
+                tokio::select! {
+                    _ = shutdown.requested() => return None,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
 /// The names of one deployment's queues and exchanges.
 #[derive(Clone, Debug)]
 pub struct Topology {
     prefix: String,
     queue_type: QueueType,
+    retry_delays: Vec<Duration>,
 }
 
 impl Topology {
@@ -116,7 +150,30 @@ impl Topology {
         Ok(Self {
             prefix: prefix.to_owned(),
             queue_type,
+            retry_delays: Vec::new(),
         })
+    }
+
+    /// Adds a wait queue for each delay: a case failing its n-th attempt
+    /// waits the n-th delay before it comes back to the checks queue.
+    pub fn with_retry_delays(mut self, delays: &[Duration]) -> Self {
+        self.retry_delays = delays.to_vec();
+        self
+    }
+
+    pub fn retry_delays(&self) -> &[Duration] {
+        &self.retry_delays
+    }
+
+    /// Deliveries a case gets before it is given up: one, and one more
+    /// after each retry delay.
+    pub fn max_attempts(&self) -> u32 {
+        u32::try_from(self.retry_delays.len()).unwrap_or(u32::MAX - 1) + 1
+    }
+
+    /// The queue where a case waits `delay` before it is checked again.
+    pub fn wait_queue(&self, delay: Duration) -> String {
+        format!("{}.wait.{}ms", self.prefix, delay.as_millis())
     }
 
     pub fn prefix(&self) -> &str {
@@ -173,7 +230,18 @@ impl Topology {
 
     /// Every queue, in the order an operator reads them.
     pub fn queues(&self) -> Vec<String> {
-        vec![self.checks(), self.results(), self.dead()]
+        let mut queues = vec![self.checks()];
+        queues.extend(self.wait_queues());
+        queues.extend([self.results(), self.dead()]);
+        queues
+    }
+
+    /// The distinct wait queues, shortest delay first.
+    fn wait_queues(&self) -> Vec<String> {
+        let mut delays = self.retry_delays.clone();
+        delays.sort();
+        delays.dedup();
+        delays.into_iter().map(|d| self.wait_queue(d)).collect()
     }
 
     /// Declares everything; safe to run from every process at every start.
@@ -213,20 +281,31 @@ impl Topology {
             .await?;
 
         for queue in [self.checks(), self.results()] {
+            let args = self.work_queue_arguments(&self.dead_letter_exchange(), &self.dead());
+            channel.queue_declare(queue.into(), durable, args).await?;
+        }
+
+        // A wait queue has no consumer: its messages expire after the delay
+        // and the broker dead-letters them back onto the checks queue
+        // through the default exchange.
+        let mut delays = self.retry_delays.clone();
+        delays.sort();
+        delays.dedup();
+        for delay in delays {
+            let mut args = self.work_queue_arguments("", &self.checks());
+            let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
             channel
-                .queue_declare(queue.into(), durable, self.work_queue_arguments())
+                .queue_declare(self.wait_queue(delay).into(), durable, args)
                 .await?;
         }
         Ok(())
     }
 
-    fn work_queue_arguments(&self) -> FieldTable {
+    fn work_queue_arguments(&self, dead_letter_exchange: &str, dead_letter_key: &str) -> FieldTable {
         let mut args = FieldTable::default();
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            string(&self.dead_letter_exchange()),
-        );
-        args.insert("x-dead-letter-routing-key".into(), string(&self.dead()));
+        args.insert("x-dead-letter-exchange".into(), string(dead_letter_exchange));
+        args.insert("x-dead-letter-routing-key".into(), string(dead_letter_key));
         match self.queue_type {
             QueueType::Quorum => {
                 args.insert("x-queue-type".into(), string("quorum"));

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::Secret;
-use crate::broker::QueueType;
+use crate::broker::{BrokerError, QueueType, Topology};
 
 /// Where the broker is and how canotify's queues are named.
 #[derive(Clone, Debug, clap::Args)]
@@ -35,6 +35,24 @@ pub struct BrokerArgs {
         default_value = "quorum"
     )]
     pub queue_type: QueueType,
+
+    /// Waits before each retry of a case, comma-separated; a case gets one
+    /// attempt more than there are delays, then it is recorded `failed`.
+    #[arg(
+        long = "retry-delays",
+        env = "CANOTIFY_RETRY_DELAYS",
+        default_value = "10s,1m,10m,1h",
+        value_delimiter = ',',
+        value_parser = parse_duration
+    )]
+    pub retry_delays: Vec<Duration>,
+}
+
+impl BrokerArgs {
+    /// The topology these arguments name.
+    pub fn topology(&self) -> Result<Topology, BrokerError> {
+        Ok(Topology::new(&self.queue_prefix, self.queue_type)?.with_retry_delays(&self.retry_delays))
+    }
 }
 
 /// Where the warehouse is.

@@ -1,13 +1,21 @@
 //! Plumbing both simulators share: serving an axum router on a socket and
-//! stopping it again, the RFC 1123 dates the verification server speaks,
-//! and the base64 used for Basic auth and for response padding.
+//! stopping it again, cutting one connection without an answer, the RFC
+//! 1123 dates the verification server speaks, and the base64 used for
+//! Basic auth and for response padding.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 
 use axum::Router;
+use axum::extract::connect_info::Connected;
+use axum::serve::{IncomingStream, Listener};
 use jiff::Timestamp;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -31,6 +39,7 @@ pub(crate) async fn serve(
 ) -> io::Result<Running> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    let listener = SeverableListener(listener);
 
     // Dropping the sender also resolves the receiver, so a handle that is
     // dropped without `shutdown` still stops its server.
@@ -39,7 +48,8 @@ pub(crate) async fn serve(
         let signal = async {
             let _ = stopped.await;
         };
-        if let Err(error) = axum::serve(listener, router)
+        let service = router.into_make_service_with_connect_info::<Connection>();
+        if let Err(error) = axum::serve(listener, service)
             .with_graceful_shutdown(signal)
             .await
         {
@@ -70,6 +80,109 @@ impl Running {
     pub(crate) async fn shutdown(self) {
         let _ = self.stop.send(());
         let _ = self.task.await;
+    }
+}
+
+/// One client connection, as a handler sees it (`ConnectInfo<Connection>`):
+/// a way to cut it, as a server that dies mid-request does.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Connection {
+    severed: Arc<AtomicBool>,
+}
+
+impl Connection {
+    /// Makes every later read and write on the connection fail. The
+    /// answer the handler then returns is never written, so the client
+    /// sees the connection close with no response at all.
+    pub(crate) fn sever(&self) {
+        self.severed.store(true, Ordering::SeqCst);
+    }
+
+    fn is_severed(&self) -> bool {
+        self.severed.load(Ordering::SeqCst)
+    }
+}
+
+impl Connected<IncomingStream<'_, SeverableListener>> for Connection {
+    fn connect_info(stream: IncomingStream<'_, SeverableListener>) -> Self {
+        stream.io().connection.clone()
+    }
+}
+
+/// A TCP listener whose connections can be severed from inside a handler.
+///
+/// axum gives a handler no hold on its socket, and a response body that
+/// fails would need traits axum does not re-export, so the cut is made
+/// below hyper instead: the stream refuses to carry any more bytes, hyper
+/// gives up on the connection and drops the socket.
+pub(crate) struct SeverableListener(TcpListener);
+
+impl Listener for SeverableListener {
+    type Io = SeverableStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (stream, addr) = Listener::accept(&mut self.0).await;
+        let stream = SeverableStream {
+            stream,
+            connection: Connection::default(),
+        };
+        (stream, addr)
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+/// A TCP stream that fails every read and write once its [`Connection`]
+/// is severed.
+pub(crate) struct SeverableStream {
+    stream: TcpStream,
+    connection: Connection,
+}
+
+impl SeverableStream {
+    fn check(&self) -> io::Result<()> {
+        if self.connection.is_severed() {
+            Err(io::ErrorKind::ConnectionAborted.into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl AsyncRead for SeverableStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.check()?;
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SeverableStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.check()?;
+        Pin::new(&mut this.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.check()?;
+        Pin::new(&mut this.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 

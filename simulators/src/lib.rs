@@ -7,9 +7,12 @@
 //! network. Each keeps what the real service would have charged or sent:
 //! paid lookups for Twilio, a ledger of every SMS for the verification
 //! server. Faults (latency, errors, rate limits, quota, maintenance) can be
-//! switched on at start and changed while running.
+//! switched on at start and changed while running, and the misbehaviours
+//! of [`faults::Fault`] (broken answers, answers lost after the work was
+//! done) can be injected for the next few requests.
 
 pub mod config;
+pub mod faults;
 mod http_util;
 pub mod twilio;
 pub mod verification;

@@ -1,67 +1,88 @@
 //! The consume loop around the worker's core: deliveries from the checks
 //! queue go through `Worker::check` one by one; textable cases gather into
 //! batches of up to ten (or whatever arrived within the linger) for
-//! `Worker::issue`. Each case's result is published with a confirm, and only
+//! `Worker::issue`. What became of each case is published with a confirm (a
+//! result, a retry on a wait queue, or a result and a dead letter), and only
 //! then is its delivery acked, so a crash anywhere means redelivery.
+//!
+//! While the worker's gate is shut (quota spent, credentials refused) the
+//! loop cancels its consumer, so the cases wait in the queue for a worker
+//! that can serve them, and consumes again once the gate opens.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use canotify_common::broker::{self, ATTEMPTS_HEADER, Outgoing, Publisher, Topology};
+use canotify_common::broker::{
+    self, ATTEMPTS_HEADER, FIRST_FAILURE_HEADER, LAST_FAILURE_HEADER, Outgoing, Publisher,
+    Topology, header_str,
+};
 use canotify_common::{CheckRequest, Shutdown};
 use futures_util::StreamExt;
-use lapin::Connection;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use tokio::sync::{Semaphore, mpsc, watch};
+use lapin::{Channel, Connection};
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::core::{Checked, Disposition, Fatal, Incoming, Textable, Worker};
+use crate::core::{Checked, Disposition, Gate, Incoming, Retry, Textable, Worker};
 use crate::verification::MAX_BATCH;
+
+/// Set on a retried case whose number an earlier attempt found textable, so
+/// the retry does not pay for a second lookup.
+pub const TEXTABLE_HEADER: &str = "x-canotify-textable";
+
+/// Set on a retried case whose last failure may have issued its code.
+pub const AMBIGUOUS_HEADER: &str = "x-canotify-ambiguous";
+
+/// The reason the last attempt of a retried case failed.
+pub const LAST_REASON_HEADER: &str = "x-canotify-last-reason";
+
+/// How often a worker recounts the consumers sharing the request rate.
+const RATE_SHARE_REFRESH: Duration = Duration::from_secs(15);
 
 #[derive(Clone, Debug)]
 pub struct ConsumeOptions {
     pub prefetch: u16,
     pub linger: Duration,
     pub issue_concurrency: usize,
+    /// How long in-flight cases may take to finish after shutdown is asked.
+    pub shutdown_grace: Duration,
 }
 
-/// Consumes until shutdown or a fatal fault. In-flight cases are finished
-/// before it returns; what was not started goes back to the queue.
+/// How a consume session ended.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// Shutdown was asked for.
+    Shutdown,
+    /// The broker connection or channel failed; connect again.
+    BrokerLost(lapin::Error),
+}
+
+/// Consumes on one connection until shutdown or until the broker is lost.
+/// In-flight cases are finished (within the grace period) before it returns;
+/// what was not started goes back to the queue.
 pub async fn consume(
     worker: Arc<Worker>,
     connection: &Connection,
     topology: &Topology,
-    options: ConsumeOptions,
-    shutdown: Shutdown,
-) -> Result<(), crate::WorkerError> {
+    options: &ConsumeOptions,
+    shutdown: &Shutdown,
+) -> Result<SessionEnd, lapin::Error> {
     let publisher = Publisher::new(connection).await?;
     topology.declare(publisher.channel()).await?;
-
     let channel = connection.create_channel().await?;
     channel
         .basic_qos(options.prefetch, BasicQosOptions { global: false })
         .await?;
-    let tag = format!("canotify-worker-{}", std::process::id());
-    let mut consumer = channel
-        .basic_consume(
-            topology.checks().into(),
-            tag.clone().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    info!(queue = %topology.checks(), prefetch = options.prefetch, "worker consuming");
 
-    let (fatal_tx, mut fatal_rx) = watch::channel::<Option<Arc<Fatal>>>(None);
     let settle = Settler {
         publisher,
         topology: topology.clone(),
-        fatal: fatal_tx,
     };
     let (batch_tx, batch_rx) =
         mpsc::channel::<(Delivery, Textable)>(usize::from(options.prefetch).max(MAX_BATCH));
@@ -72,48 +93,140 @@ pub async fn consume(
         options.clone(),
     ));
     let mut checks = JoinSet::new();
+    let mut gate = worker.gate();
 
-    let outcome = loop {
-        tokio::select! {
-            _ = shutdown.requested() => break Ok(()),
-            _ = fatal_rx.changed() => break Err(()),
-            next = consumer.next() => match next {
-                None => break Ok(()),
-                Some(Err(err)) => {
-                    error!(error = %err, "lost the broker while consuming");
-                    break Err(());
+    let end = 'session: loop {
+        // Consume only while the gate is open.
+        let wait = match &*gate.borrow_and_update() {
+            Gate::Open => None,
+            Gate::Paused { until } => Some(Some(*until)),
+            Gate::Stopped(_) => Some(None),
+        };
+        if let Some(until) = wait {
+            let reopened = async {
+                match until {
+                    Some(until) => tokio::time::sleep_until(until.into()).await,
+                    None => std::future::pending().await,
                 }
-                Some(Ok(delivery)) => {
-                    let worker = worker.clone();
-                    let settle = settle.clone();
-                    let batch_tx = batch_tx.clone();
-                    checks.spawn(async move {
-                        check_one(&worker, delivery, &settle, &batch_tx).await;
-                    });
+            };
+            tokio::select! {
+                _ = shutdown.requested() => break 'session SessionEnd::Shutdown,
+                _ = reopened => {
+                    info!("issuing pause over; consuming again");
+                    worker.reopen_after_pause();
+                    continue 'session;
                 }
             }
         }
-        // Reap finished checks so the set does not grow.
-        while checks.try_join_next().is_some() {}
+
+        // An empty tag lets the broker name the consumer, so a worker's
+        // successive consumers never clash.
+        let mut consumer = match channel
+            .basic_consume(
+                topology.checks().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+        {
+            Ok(consumer) => consumer,
+            Err(err) => break 'session SessionEnd::BrokerLost(err),
+        };
+        let tag = consumer.tag();
+        share_request_rate(&worker, &channel, topology).await;
+        info!(queue = %topology.checks(), prefetch = options.prefetch, "worker consuming");
+        let mut refresh = tokio::time::interval_at(
+            tokio::time::Instant::now() + RATE_SHARE_REFRESH,
+            RATE_SHARE_REFRESH,
+        );
+
+        let stop_consuming = loop {
+            tokio::select! {
+                _ = shutdown.requested() => break SessionEnd::Shutdown,
+                changed = gate.changed() => {
+                    if changed.is_ok() && !gate.borrow().is_open() {
+                        warn!("gate shut; no longer consuming");
+                        let _ = channel.basic_cancel(tag.clone().into(), BasicCancelOptions::default()).await;
+                        continue 'session;
+                    }
+                }
+                _ = refresh.tick() => share_request_rate(&worker, &channel, topology).await,
+                next = consumer.next() => match next {
+                    None => break SessionEnd::BrokerLost(lapin::ErrorKind::InvalidChannelState(
+                        lapin::ChannelState::Closed, "consumer").into()),
+                    Some(Err(err)) => break SessionEnd::BrokerLost(err),
+                    Some(Ok(delivery)) => {
+                        let worker = worker.clone();
+                        let settle = settle.clone();
+                        let batch_tx = batch_tx.clone();
+                        checks.spawn(async move {
+                            check_one(&worker, delivery, &settle, &batch_tx).await;
+                        });
+                    }
+                }
+            }
+            // Reap finished checks so the set does not grow.
+            while checks.try_join_next().is_some() {}
+        };
+        if matches!(stop_consuming, SessionEnd::Shutdown) {
+            let _ = channel
+                .basic_cancel(tag.into(), BasicCancelOptions::default())
+                .await;
+        }
+        break stop_consuming;
     };
 
-    // Stop taking work, then let what is in flight finish.
-    let _ = channel
-        .basic_cancel(tag.into(), BasicCancelOptions::default())
-        .await;
-    while checks.join_next().await.is_some() {}
-    drop(batch_tx);
-    let _ = batcher.await;
-    let _ = channel.close(200, "worker stopping".into()).await;
+    // Let what is in flight finish, within the grace period; whatever is
+    // still unacked after it goes back to the queue when the channel closes.
+    let drain = async {
+        while checks.join_next().await.is_some() {}
+        drop(batch_tx);
+        let _ = batcher.await;
+    };
+    if tokio::time::timeout(options.shutdown_grace, drain).await.is_err() {
+        warn!(grace = ?options.shutdown_grace, "in-flight cases did not finish in the grace period; they will be redelivered");
+    }
+    Ok(end)
+}
 
-    let fatal = fatal_rx.borrow().clone();
-    match (outcome, fatal) {
-        (_, Some(fatal)) => Err(crate::WorkerError::Fatal(fatal)),
-        (Err(()), None) => Err(crate::WorkerError::BrokerLost),
-        (Ok(()), None) => {
-            info!("worker stopped");
-            Ok(())
-        }
+/// Counts the consumers of the checks queue and takes this worker's share
+/// of the realm's request rate.
+async fn share_request_rate(worker: &Worker, channel: &Channel, topology: &Topology) {
+    if worker.settings().requests_per_minute.is_none() {
+        return;
+    }
+    let declared = channel
+        .queue_declare(
+            topology.checks().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    if let Ok(queue) = declared {
+        let consumers = queue.consumer_count().max(1);
+        worker.share_request_rate(consumers);
+        debug!(consumers, "request rate shared");
+    }
+}
+
+/// Reads what an attempt should know from the delivery's headers.
+fn incoming(request: CheckRequest, delivery: &Delivery) -> Incoming {
+    let headers = delivery.properties.headers().as_ref();
+    let flag = |name: &str| {
+        headers
+            .and_then(|h| h.inner().get(name))
+            .is_some_and(|v| matches!(v, AMQPValue::Boolean(true)))
+    };
+    Incoming {
+        attempt: broker::attempts(&delivery.properties) + 1,
+        first_failure: header_str(headers, FIRST_FAILURE_HEADER).map(str::to_owned),
+        known_textable: flag(TEXTABLE_HEADER),
+        ambiguous: flag(AMBIGUOUS_HEADER),
+        request,
     }
 }
 
@@ -132,26 +245,20 @@ async fn check_one(
         }
     };
     let span = info_span!("case", case_id = %request.case_id);
-    let incoming = Incoming {
-        attempt: broker::attempts(&delivery.properties) + 1,
-        request,
-    };
+    let case = incoming(request, &delivery);
 
     async {
-        match worker.check(&incoming).await {
-            Ok(Checked::Finished(disposition)) => {
-                settle.settle(vec![(delivery, disposition)]).await
-            }
-            Ok(Checked::Textable(case)) => {
+        match worker.check(&case).await {
+            Checked::Finished(disposition) => settle.settle(vec![(delivery, disposition)]).await,
+            Checked::Textable(case) => {
                 // The batcher is gone only during shutdown; the delivery then
                 // goes back to the queue.
                 if let Err(mpsc::error::SendError((delivery, _))) =
                     batch_tx.send((delivery, *case)).await
                 {
-                    settle.requeue(delivery).await;
+                    requeue(&delivery).await;
                 }
             }
-            Err(fatal) => settle.stop(delivery, fatal).await,
         }
     }
     .instrument(span)
@@ -186,20 +293,10 @@ async fn batch_and_issue(
             let _permit = permit;
             let (deliveries, cases): (Vec<Delivery>, Vec<Textable>) = batch.into_iter().unzip();
             debug!(cases = cases.len(), "issuing a batch");
-            match worker.issue(cases).await {
-                Ok(dispositions) => {
-                    settle
-                        .settle(deliveries.into_iter().zip(dispositions).collect())
-                        .await
-                }
-                Err(fatal) => {
-                    let fatal = Arc::new(fatal);
-                    for delivery in deliveries {
-                        settle.requeue(delivery).await;
-                    }
-                    settle.raise(fatal);
-                }
-            }
+            let dispositions = worker.issue(cases).await;
+            settle
+                .settle(deliveries.into_iter().zip(dispositions).collect())
+                .await;
         });
         while issuing.try_join_next().is_some() {}
     }
@@ -211,41 +308,88 @@ async fn batch_and_issue(
 struct Settler {
     publisher: Publisher,
     topology: Topology,
-    fatal: watch::Sender<Option<Arc<Fatal>>>,
 }
 
 impl Settler {
     async fn settle(&self, items: Vec<(Delivery, Disposition)>) {
-        let messages = items
-            .iter()
-            .map(|(_, disposition)| match disposition {
-                Disposition::Done(result) => Outgoing::json(&self.topology.results(), result)
-                    .with_message_id(result.case_id.as_str()),
-                Disposition::Retry {
-                    request,
-                    next_attempt,
-                    ..
-                } => Outgoing::json(&self.topology.checks(), request)
-                    .with_message_id(request.case_id.as_str())
-                    .with_header(ATTEMPTS_HEADER, AMQPValue::LongUInt(next_attempt - 1)),
-            })
-            .collect();
+        let mut messages = Vec::new();
+        let mut owners = Vec::new();
+        let mut held = Vec::new();
+        for (index, (delivery, disposition)) in items.iter().enumerate() {
+            let outgoing = self.messages_for(delivery, disposition);
+            if outgoing.is_empty() {
+                held.push(index);
+            }
+            owners.extend(std::iter::repeat_n(index, outgoing.len()));
+            messages.extend(outgoing);
+        }
         let confirms = self.publisher.publish_all(messages).await;
 
-        for ((delivery, disposition), confirm) in items.into_iter().zip(confirms) {
-            match confirm {
-                Ok(()) => {
-                    if let Disposition::Done(result) = &disposition {
-                        debug!(case_id = %result.case_id, status = %result.status, "case finished");
-                    }
-                    ack(&delivery).await;
-                }
-                Err(err) => {
-                    warn!(error = %err, "result not confirmed by the broker; the case will be redelivered");
-                    self.requeue(delivery).await;
-                }
+        // A delivery is acked only when every message it produced is
+        // confirmed.
+        let mut confirmed = vec![true; items.len()];
+        for (owner, confirm) in owners.into_iter().zip(confirms) {
+            if let Err(err) = confirm {
+                warn!(error = %err, "not confirmed by the broker; the case will be redelivered");
+                confirmed[owner] = false;
             }
         }
+        for (index, (delivery, disposition)) in items.into_iter().enumerate() {
+            if held.contains(&index) {
+                requeue(&delivery).await;
+            } else if confirmed[index] {
+                log_settled(&disposition);
+                ack(&delivery).await;
+            } else {
+                requeue(&delivery).await;
+            }
+        }
+    }
+
+    fn messages_for(&self, delivery: &Delivery, disposition: &Disposition) -> Vec<Outgoing> {
+        match disposition {
+            Disposition::Hold => Vec::new(),
+            Disposition::Done(result) => vec![
+                Outgoing::json(&self.topology.results(), result)
+                    .with_message_id(result.case_id.as_str()),
+            ],
+            Disposition::GiveUp(result) => {
+                let mut letter = self.topology.dead_letter(
+                    &delivery.data,
+                    delivery.properties.headers().as_ref(),
+                    &self.topology.checks(),
+                    "worker",
+                    result.reason.as_deref().unwrap_or("retries_exhausted"),
+                );
+                letter
+                    .headers
+                    .insert(ATTEMPTS_HEADER.into(), AMQPValue::LongUInt(result.attempts));
+                vec![
+                    Outgoing::json(&self.topology.results(), result)
+                        .with_message_id(result.case_id.as_str()),
+                    letter,
+                ]
+            }
+            Disposition::Retry(retry) => vec![self.retry_message(retry)],
+        }
+    }
+
+    /// The case again, on the wait queue of its attempt's delay.
+    fn retry_message(&self, retry: &Retry) -> Outgoing {
+        let delays = self.topology.retry_delays();
+        let index = usize::try_from(retry.attempt.saturating_sub(1)).unwrap_or(usize::MAX);
+        let queue = delays
+            .get(index)
+            .or(delays.last())
+            .map_or_else(|| self.topology.checks(), |delay| self.topology.wait_queue(*delay));
+        Outgoing::json(&queue, &retry.request)
+            .with_message_id(retry.request.case_id.as_str())
+            .with_header(ATTEMPTS_HEADER, AMQPValue::LongUInt(retry.attempt))
+            .with_header(FIRST_FAILURE_HEADER, string(&retry.first_failure))
+            .with_header(LAST_FAILURE_HEADER, string(&jiff::Timestamp::now().to_string()))
+            .with_header(LAST_REASON_HEADER, string(&retry.reason))
+            .with_header(TEXTABLE_HEADER, AMQPValue::Boolean(retry.known_textable))
+            .with_header(AMBIGUOUS_HEADER, AMQPValue::Boolean(retry.ambiguous))
     }
 
     /// Moves an unreadable message to the dead-letter queue with its reason.
@@ -272,31 +416,40 @@ impl Settler {
             }
         }
     }
+}
 
-    async fn requeue(&self, delivery: Delivery) {
-        let _ = delivery
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            })
-            .await;
+fn log_settled(disposition: &Disposition) {
+    match disposition {
+        Disposition::Done(result) => {
+            debug!(case_id = %result.case_id, status = %result.status, "case finished");
+        }
+        Disposition::GiveUp(result) => warn!(
+            case_id = %result.case_id,
+            attempts = result.attempts,
+            reason = result.reason.as_deref().unwrap_or(""),
+            "case failed on its last attempt; recorded failed and dead-lettered"
+        ),
+        Disposition::Retry(retry) => debug!(
+            case_id = %retry.request.case_id,
+            attempt = retry.attempt,
+            reason = %retry.reason,
+            "case sent to wait before its next attempt"
+        ),
+        Disposition::Hold => {}
     }
+}
 
-    async fn stop(&self, delivery: Delivery, fatal: Fatal) {
-        self.requeue(delivery).await;
-        self.raise(Arc::new(fatal));
-    }
+fn string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(s.into())
+}
 
-    fn raise(&self, fatal: Arc<Fatal>) {
-        self.fatal.send_if_modified(|current| {
-            if current.is_none() {
-                *current = Some(fatal);
-                true
-            } else {
-                false
-            }
-        });
-    }
+async fn requeue(delivery: &Delivery) {
+    let _ = delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        })
+        .await;
 }
 
 async fn ack(delivery: &Delivery) {

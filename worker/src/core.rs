@@ -3,9 +3,15 @@
 //! (phone, test type, line type), then textable cases are issued together
 //! in batches of at most ten. The consume loop around this is thin, so tests
 //! drive these functions directly.
+//!
+//! Faults are sorted where they are met: a retryable one is retried here a
+//! few times with jittered backoff, then the case goes to a wait queue; a
+//! spent quota or refused credentials close the worker's gate, and the cases
+//! in hand go back to the queue unspent.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, Retryable};
 use canotify_common::phone::Region;
@@ -14,11 +20,14 @@ use canotify_common::{CaseResult, CheckRequest, E164, Secret, Status, TestType, 
 use futures_util::future::join_all;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use tokio::sync::{Mutex, Semaphore};
-use tracing::{debug, warn};
+use tokio::sync::{Mutex, Semaphore, watch};
+use tracing::{debug, error, warn};
 
 use crate::lookup::{self, LineCheck, LookupClient, LookupError};
-use crate::verification::{BatchVerdict, IssueRequest, ItemVerdict, MAX_BATCH, VerificationClient};
+use crate::verification::{
+    BatchVerdict, CodeStatus, IssueRequest, ItemVerdict, MAX_BATCH, VerificationClient,
+    is_ambiguous,
+};
 
 /// The longest a worker waits on one rate-limit answer before asking again.
 const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
@@ -26,6 +35,9 @@ const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
 /// How many rate-limit answers one batch accepts before its cases go back
 /// to the queue.
 const MAX_RATE_LIMITED_ROUNDS: u32 = 30;
+
+/// The most phone numbers the lookup cache holds.
+const LOOKUP_CACHE_CAPACITY: usize = 200_000;
 
 /// What the worker needs to know besides its two clients.
 #[derive(Clone, Debug)]
@@ -37,13 +49,40 @@ pub struct Settings {
     /// Deliveries of one case before it is recorded `failed`.
     pub max_attempts: u32,
     pub lookup_concurrency: usize,
+    /// How long a lookup answer is trusted for the same phone.
+    pub lookup_cache_age: Duration,
+    /// How long issuing pauses after the realm's daily quota is spent.
+    pub quota_pause: Duration,
+    /// The realm's verification requests per minute, for all workers
+    /// together; no limit of canotify's own when unset.
+    pub requests_per_minute: Option<u32>,
 }
 
-/// One case as it arrives, with the number of this attempt (1 for the first).
+/// One case as it arrives.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Incoming {
     pub request: CheckRequest,
+    /// The number of this attempt, 1 for the first.
     pub attempt: u32,
+    /// When an earlier attempt first failed (RFC 3339), if one did.
+    pub first_failure: Option<String>,
+    /// An earlier attempt's lookup found the number textable.
+    pub known_textable: bool,
+    /// An earlier attempt failed in a way that leaves it unknown whether
+    /// the code was issued.
+    pub ambiguous: bool,
+}
+
+impl Incoming {
+    pub fn first(request: CheckRequest) -> Self {
+        Self {
+            request,
+            attempt: 1,
+            first_failure: None,
+            known_textable: false,
+            ambiguous: false,
+        }
+    }
 }
 
 /// What becomes of one case.
@@ -51,19 +90,33 @@ pub struct Incoming {
 pub enum Disposition {
     /// A final outcome, for the writer.
     Done(CaseResult),
-    /// Not finished: send it round again as attempt `next_attempt`.
-    Retry {
-        request: CheckRequest,
-        next_attempt: u32,
-        reason: String,
-    },
+    /// Not finished: it waits, then comes round again.
+    Retry(Retry),
+    /// The last attempt failed: a `failed` outcome for the writer, and a
+    /// dead letter for an operator.
+    GiveUp(CaseResult),
+    /// Not looked at, because the worker's gate closed: back to the queue
+    /// without spending an attempt.
+    Hold,
+}
+
+/// A case sent round again, with what the next attempt should know.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Retry {
+    pub request: CheckRequest,
+    /// The attempt that just failed.
+    pub attempt: u32,
+    pub reason: String,
+    pub first_failure: String,
+    pub known_textable: bool,
+    pub ambiguous: bool,
 }
 
 impl Disposition {
     pub fn status(&self) -> Option<Status> {
         match self {
-            Self::Done(result) => Some(result.status),
-            Self::Retry { .. } => None,
+            Self::Done(result) | Self::GiveUp(result) => Some(result.status),
+            Self::Retry(_) | Self::Hold => None,
         }
     }
 }
@@ -82,54 +135,96 @@ pub enum Checked {
     Finished(Disposition),
 }
 
-/// A fault that no retry can fix: the worker must stop taking work.
+/// A fault no retry can fix: the worker stops taking work until an operator
+/// fixes the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum Fatal {
     #[error(transparent)]
     Lookup(#[from] LookupError),
-    #[error(
-        "the verification server refused the API key (HTTP 401); check CANOTIFY_VERIFICATION_API_KEY and the realm's IP allow-list"
-    )]
+    #[error("the verification server refused the API key (HTTP 401); check CANOTIFY_VERIFICATION_API_KEY and the realm's IP allow-list")]
     VerificationUnauthorized,
-    #[error(
-        "the verification server has no batch-issue endpoint at the configured URL (HTTP {status}); check CANOTIFY_VERIFICATION_URL"
-    )]
+    #[error("the verification server has no such endpoint at the configured URL (HTTP {status}); check CANOTIFY_VERIFICATION_URL")]
     VerificationNotFound { status: u16 },
+}
+
+/// Whether the worker takes work.
+#[derive(Clone, Debug)]
+pub enum Gate {
+    Open,
+    /// The daily quota is spent: no issuing until then.
+    Paused { until: Instant },
+    /// A configuration fault: no work until restarted.
+    Stopped(Arc<Fatal>),
+}
+
+impl Gate {
+    pub fn is_open(&self) -> bool {
+        match self {
+            Gate::Open => true,
+            Gate::Paused { until } => *until <= Instant::now(),
+            Gate::Stopped(_) => false,
+        }
+    }
 }
 
 pub struct Worker {
     lookup: LookupClient,
     verification: VerificationClient,
     settings: Settings,
-    lookup_permits: Arc<Semaphore>,
+    lookup_permits: Semaphore,
+    lookup_cache: std::sync::Mutex<HashMap<E164, (LineCheck, Instant)>>,
     rate_limited_until: Mutex<Option<Timestamp>>,
+    next_request_slot: Mutex<Instant>,
+    request_interval: std::sync::Mutex<Option<Duration>>,
+    gate: watch::Sender<Gate>,
 }
 
 impl Worker {
     pub fn new(lookup: LookupClient, verification: VerificationClient, settings: Settings) -> Self {
         let permits = settings.lookup_concurrency.max(1);
-        Self {
+        let worker = Self {
             lookup,
             verification,
-            settings,
-            lookup_permits: Arc::new(Semaphore::new(permits)),
+            lookup_permits: Semaphore::new(permits),
+            lookup_cache: std::sync::Mutex::new(HashMap::new()),
             rate_limited_until: Mutex::new(None),
-        }
+            next_request_slot: Mutex::new(Instant::now()),
+            request_interval: std::sync::Mutex::new(None),
+            gate: watch::Sender::new(Gate::Open),
+            settings,
+        };
+        worker.share_request_rate(1);
+        worker
     }
 
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
 
+    /// Watches the gate: the consume loop stops consuming while it is shut.
+    pub fn gate(&self) -> watch::Receiver<Gate> {
+        self.gate.subscribe()
+    }
+
+    /// Takes this worker's share of the realm's request rate, given how
+    /// many workers consume the checks queue.
+    pub fn share_request_rate(&self, workers: u32) {
+        let interval = self.settings.requests_per_minute.map(|per_minute| {
+            let mine = f64::from(per_minute.max(1)) / f64::from(workers.max(1));
+            Duration::from_secs_f64(60.0 / mine)
+        });
+        *self.request_interval.lock().expect("never poisoned") = interval;
+    }
+
     /// Checks every case, then issues the textable ones in batches of ten.
     /// Answers in the order of `cases`.
-    pub async fn handle_batch(&self, cases: Vec<Incoming>) -> Result<Vec<Disposition>, Fatal> {
+    pub async fn handle_batch(&self, cases: Vec<Incoming>) -> Vec<Disposition> {
         let checked = join_all(cases.iter().map(|case| self.check(case))).await;
 
         let mut answers: Vec<Option<Disposition>> = vec![None; cases.len()];
         let mut textable = Vec::new();
         for (index, checked) in checked.into_iter().enumerate() {
-            match checked? {
+            match checked {
                 Checked::Finished(disposition) => answers[index] = Some(disposition),
                 Checked::Textable(case) => textable.push((index, *case)),
             }
@@ -137,19 +232,20 @@ impl Worker {
 
         for chunk in textable.chunks(MAX_BATCH) {
             let (indexes, batch): (Vec<usize>, Vec<Textable>) = chunk.iter().cloned().unzip();
-            for (index, disposition) in indexes.into_iter().zip(self.issue(batch).await?) {
+            for (index, disposition) in indexes.into_iter().zip(self.issue(batch).await) {
                 answers[index] = Some(disposition);
             }
         }
-        Ok(answers
+        answers
             .into_iter()
             .map(|a| a.expect("every case is answered"))
-            .collect())
+            .collect()
     }
 
     /// Checks one case without texting anyone: its phone, its test type and
-    /// (a paid call, only when the rest is fine) its line type.
-    pub async fn check(&self, case: &Incoming) -> Result<Checked, Fatal> {
+    /// (a paid call, only when the rest is fine and no recent answer is
+    /// known) its line type.
+    pub async fn check(&self, case: &Incoming) -> Checked {
         let request = &case.request;
         let finish = |status: Status, reason: &str| {
             Checked::Finished(Disposition::Done(
@@ -157,34 +253,34 @@ impl Worker {
             ))
         };
 
-        let phone =
-            match E164::normalize(request.phone.as_deref().unwrap_or(""), self.settings.region) {
-                Ok(phone) => phone,
-                Err(err) => return Ok(finish(Status::InvalidPhone, err.code())),
-            };
-        let Some(test_type) = request.test_type.as_deref().and_then(TestType::parse) else {
-            return Ok(finish(Status::Rejected, "invalid_test_type"));
+        let raw_phone = request.phone.as_deref().unwrap_or("");
+        let phone = match E164::normalize(raw_phone, self.settings.region) {
+            Ok(phone) => phone,
+            Err(err) => return finish(Status::InvalidPhone, err.code()),
         };
+        let Some(test_type) = request.test_type.as_deref().and_then(TestType::parse) else {
+            return finish(Status::Rejected, "invalid_test_type");
+        };
+        if !self.gate.borrow().is_open() {
+            return Checked::Finished(Disposition::Hold);
+        }
 
-        let looked_up = (|| async {
-            let _permit = self.lookup_permits.acquire().await.expect("never closed");
-            self.lookup.lookup(&phone).await
-        })
-        .retry(lookup::retry_policy())
-        .when(|err| matches!(err, LookupError::Retryable { .. }))
-        .notify(|err, wait| debug!(phone = %phone, error = %err, ?wait, "retrying lookup"))
-        .await;
-
-        match looked_up {
+        let verdict = if case.known_textable {
+            Ok(LineCheck::Textable)
+        } else {
+            self.look_up(&phone).await
+        };
+        match verdict {
             Ok(LineCheck::Textable) => {}
-            Ok(LineCheck::NotTextable { reason }) => {
-                return Ok(finish(Status::NotTextable, &reason));
+            Ok(LineCheck::NotTextable { reason }) => return finish(Status::NotTextable, &reason),
+            Ok(LineCheck::Invalid { reason }) => return finish(Status::InvalidPhone, &reason),
+            Err(err @ LookupError::Unauthorized { .. }) => {
+                self.stop(Fatal::Lookup(err));
+                return Checked::Finished(Disposition::Hold);
             }
-            Ok(LineCheck::Invalid { reason }) => return Ok(finish(Status::InvalidPhone, &reason)),
-            Err(err @ LookupError::Unauthorized { .. }) => return Err(err.into()),
             Err(err) => {
                 warn!(case_id = %request.case_id, phone = %phone, error = %err, "lookup retries ran out");
-                return Ok(Checked::Finished(self.retry_or_fail(case, err.reason())));
+                return Checked::Finished(self.retry_or_give_up(case, err.reason(), false, false));
             }
         }
 
@@ -197,32 +293,102 @@ impl Worker {
             uuid: verification_uuid::derive(&self.settings.uuid_key, &request.case_id),
             sms_template_label: self.settings.sms_template_label.clone(),
         };
-        Ok(Checked::Textable(Box::new(Textable {
+        Checked::Textable(Box::new(Textable {
             incoming: case.clone(),
             issue,
-        })))
+        }))
+    }
+
+    /// A lookup answer for `phone`: a recent one from the cache, or a paid
+    /// lookup retried a few times on transient faults.
+    async fn look_up(&self, phone: &E164) -> Result<LineCheck, LookupError> {
+        if let Some(known) = self.cached(phone) {
+            return Ok(known);
+        }
+
+        let verdict = (|| async {
+            let _permit = self.lookup_permits.acquire().await.expect("never closed");
+            self.lookup.lookup(phone).await
+        })
+        .retry(lookup::retry_policy())
+        .when(|err| matches!(err, LookupError::Retryable { .. }))
+        .notify(|err, wait| debug!(phone = %phone, error = %err, ?wait, "retrying lookup"))
+        .await?;
+
+        let mut cache = self.lookup_cache.lock().expect("never poisoned");
+        if cache.len() >= LOOKUP_CACHE_CAPACITY {
+            let age = self.settings.lookup_cache_age;
+            cache.retain(|_, (_, at)| at.elapsed() < age);
+            if cache.len() >= LOOKUP_CACHE_CAPACITY {
+                cache.clear();
+            }
+        }
+        cache.insert(phone.clone(), (verdict.clone(), Instant::now()));
+        Ok(verdict)
+    }
+
+    fn cached(&self, phone: &E164) -> Option<LineCheck> {
+        let cache = self.lookup_cache.lock().expect("never poisoned");
+        cache
+            .get(phone)
+            .filter(|(_, at)| at.elapsed() < self.settings.lookup_cache_age)
+            .map(|(verdict, _)| verdict.clone())
     }
 
     /// Issues one batch of at most ten textable cases. Items that may pass
     /// are sent again, alone with their own uuids, a few times in-process;
-    /// what still fails goes back to the queue or, on its last attempt, is
-    /// recorded `failed`.
-    pub async fn issue(&self, batch: Vec<Textable>) -> Result<Vec<Disposition>, Fatal> {
-        assert!(
-            batch.len() <= MAX_BATCH,
-            "a batch holds at most {MAX_BATCH} cases"
-        );
+    /// before an item whose last failure may have issued its code is sent
+    /// again, the server is asked whether the code exists. What still fails
+    /// goes to a wait queue or, on its last attempt, is given up.
+    pub async fn issue(&self, batch: Vec<Textable>) -> Vec<Disposition> {
+        assert!(batch.len() <= MAX_BATCH, "a batch holds at most {MAX_BATCH} cases");
         let mut answers: Vec<Option<Disposition>> = vec![None; batch.len()];
         let mut last_reason: Vec<String> = vec![String::new(); batch.len()];
+        let mut ambiguous: Vec<bool> = batch.iter().map(|c| c.incoming.ambiguous).collect();
         let mut pending: Vec<usize> = (0..batch.len()).collect();
         let mut backoff = lookup::retry_policy().build();
         let mut rate_limited_rounds = 0;
 
         while !pending.is_empty() {
-            self.wait_out_rate_limit().await;
+            if !self.gate.borrow().is_open() {
+                for &index in &pending {
+                    answers[index] = Some(Disposition::Hold);
+                }
+                pending.clear();
+                break;
+            }
 
+            // A code that may already exist is looked for before it is
+            // issued again; the server would refuse a second one anyway,
+            // but a found code ends the case without spending a request.
+            let mut to_send = Vec::with_capacity(pending.len());
+            for &index in &pending {
+                if !ambiguous[index] {
+                    to_send.push(index);
+                    continue;
+                }
+                match self.verification.check_code_status(&batch[index].issue.uuid).await {
+                    Ok(CodeStatus::Issued) => {
+                        answers[index] = Some(Disposition::Done(
+                            self.result_of(&batch[index], Status::Sent)
+                                .with_reason("confirmed_by_status"),
+                        ));
+                    }
+                    Ok(CodeStatus::NotFound | CodeStatus::Unknown) => to_send.push(index),
+                    Err(fatal) => {
+                        self.stop(fatal);
+                        to_send.push(index);
+                    }
+                }
+            }
+            if to_send.is_empty() {
+                pending.clear();
+                break;
+            }
+
+            self.wait_for_request_slot().await;
             let tz_offset = timezone::offset_minutes(&self.settings.time_zone, Timestamp::now());
-            let codes: Vec<IssueRequest> = pending
+            let codes: Vec<IssueRequest> = to_send
                 .iter()
                 .map(|&i| IssueRequest {
                     tz_offset,
@@ -232,38 +398,38 @@ impl Worker {
 
             let verdicts = match self.verification.batch_issue(&codes).await {
                 BatchVerdict::Items(verdicts) => verdicts,
-                BatchVerdict::Unauthorized => return Err(Fatal::VerificationUnauthorized),
+                BatchVerdict::Unauthorized => {
+                    self.stop(Fatal::VerificationUnauthorized);
+                    pending = to_send;
+                    continue;
+                }
                 BatchVerdict::NotFound { status } => {
-                    return Err(Fatal::VerificationNotFound { status });
+                    self.stop(Fatal::VerificationNotFound { status });
+                    pending = to_send;
+                    continue;
                 }
                 BatchVerdict::RateLimited { retry_after } => {
                     // Nothing was looked at, so no attempt is spent.
                     rate_limited_rounds += 1;
                     self.note_rate_limit(retry_after).await;
+                    pending = to_send;
                     if rate_limited_rounds >= MAX_RATE_LIMITED_ROUNDS {
                         pending
                             .iter()
                             .for_each(|&i| last_reason[i] = "rate_limited".to_owned());
                         break;
                     }
+                    self.wait_out_rate_limit().await;
                     continue;
                 }
             };
 
             let mut still_pending = Vec::new();
-            for (&index, verdict) in pending.iter().zip(verdicts) {
+            for (&index, verdict) in to_send.iter().zip(verdicts) {
                 let case = &batch[index];
-                let result = |status| {
-                    CaseResult::new(
-                        case.incoming.request.case_id.clone(),
-                        status,
-                        case.incoming.attempt,
-                    )
-                    .with_uuid(case.issue.uuid.clone())
-                };
                 match verdict {
                     ItemVerdict::Sent { already_issued } => {
-                        let mut sent = result(Status::Sent);
+                        let mut sent = self.result_of(case, Status::Sent);
                         if already_issued {
                             sent = sent.with_reason("already_issued");
                         }
@@ -271,16 +437,17 @@ impl Worker {
                     }
                     ItemVerdict::Rejected { reason } => {
                         answers[index] = Some(Disposition::Done(
-                            result(Status::Rejected).with_reason(reason),
+                            self.result_of(case, Status::Rejected).with_reason(reason),
                         ));
                     }
                     ItemVerdict::Retry { reason } => {
+                        ambiguous[index] = is_ambiguous(&reason);
                         last_reason[index] = reason;
                         still_pending.push(index);
                     }
                     ItemVerdict::QuotaExceeded => {
-                        last_reason[index] = "quota_exceeded".to_owned();
-                        still_pending.push(index);
+                        self.pause_for_quota();
+                        answers[index] = Some(Disposition::Hold);
                     }
                 }
             }
@@ -291,11 +458,7 @@ impl Worker {
             }
             match backoff.next() {
                 Some(wait) => {
-                    debug!(
-                        items = pending.len(),
-                        ?wait,
-                        "retrying failed items of a batch"
-                    );
+                    debug!(items = pending.len(), ?wait, "retrying failed items of a batch");
                     tokio::time::sleep(wait).await;
                 }
                 None => break,
@@ -303,35 +466,106 @@ impl Worker {
         }
 
         for index in pending {
+            let case = &batch[index];
             warn!(
-                case_id = %batch[index].incoming.request.case_id,
+                case_id = %case.incoming.request.case_id,
                 reason = %last_reason[index],
-                attempt = batch[index].incoming.attempt,
-                "issuing failed, retries ran out for this attempt"
+                attempt = case.incoming.attempt,
+                "issuing failed; in-process retries ran out for this attempt"
             );
             answers[index] =
-                Some(self.retry_or_fail(&batch[index].incoming, last_reason[index].clone()));
+                Some(self.retry_or_give_up(&case.incoming, last_reason[index].clone(), true, ambiguous[index]));
         }
-        Ok(answers
+        answers
             .into_iter()
             .map(|a| a.expect("every item is answered"))
-            .collect())
+            .collect()
     }
 
-    /// Sends a case round again, or records it `failed` on its last attempt.
-    fn retry_or_fail(&self, case: &Incoming, reason: String) -> Disposition {
+    fn result_of(&self, case: &Textable, status: Status) -> CaseResult {
+        CaseResult::new(case.incoming.request.case_id.clone(), status, case.incoming.attempt)
+            .with_uuid(case.issue.uuid.clone())
+    }
+
+    /// Sends a case round again, or gives it up on its last attempt.
+    fn retry_or_give_up(
+        &self,
+        case: &Incoming,
+        reason: String,
+        known_textable: bool,
+        ambiguous: bool,
+    ) -> Disposition {
         if case.attempt >= self.settings.max_attempts {
-            Disposition::Done(
+            return Disposition::GiveUp(
                 CaseResult::new(case.request.case_id.clone(), Status::Failed, case.attempt)
                     .with_reason(reason),
-            )
-        } else {
-            Disposition::Retry {
-                request: case.request.clone(),
-                next_attempt: case.attempt + 1,
-                reason,
-            }
+            );
         }
+        Disposition::Retry(Retry {
+            request: case.request.clone(),
+            attempt: case.attempt,
+            reason,
+            first_failure: case
+                .first_failure
+                .clone()
+                .unwrap_or_else(|| Timestamp::now().to_string()),
+            known_textable,
+            ambiguous,
+        })
+    }
+
+    /// Shuts the gate for good: one error for the operator, then no work.
+    fn stop(&self, fatal: Fatal) {
+        self.gate.send_if_modified(|gate| {
+            if matches!(gate, Gate::Stopped(_)) {
+                return false;
+            }
+            error!(error = %fatal, "stopped taking work; cases stay queued until the configuration is fixed and the worker restarted");
+            *gate = Gate::Stopped(Arc::new(fatal));
+            true
+        });
+    }
+
+    /// Opens the gate again once a quota pause has passed.
+    pub fn reopen_after_pause(&self) {
+        self.gate.send_if_modified(|gate| match gate {
+            Gate::Paused { until } if *until <= Instant::now() => {
+                *gate = Gate::Open;
+                true
+            }
+            _ => false,
+        });
+    }
+
+    /// Shuts the gate until the quota pause has passed.
+    fn pause_for_quota(&self) {
+        let until = Instant::now() + self.settings.quota_pause;
+        self.gate.send_if_modified(|gate| match gate {
+            Gate::Stopped(_) => false,
+            Gate::Paused { until: current } if *current > Instant::now() => false,
+            _ => {
+                error!(
+                    pause = ?self.settings.quota_pause,
+                    "the realm's daily quota is spent; issuing paused, cases wait in the queue"
+                );
+                *gate = Gate::Paused { until };
+                true
+            }
+        });
+    }
+
+    /// Spaces this worker's requests to its share of the realm's rate.
+    async fn wait_for_request_slot(&self) {
+        let Some(interval) = *self.request_interval.lock().expect("never poisoned") else {
+            return;
+        };
+        let slot = {
+            let mut next = self.next_request_slot.lock().await;
+            let slot = (*next).max(Instant::now());
+            *next = slot + interval;
+            slot
+        };
+        tokio::time::sleep_until(slot.into()).await;
     }
 
     async fn note_rate_limit(&self, retry_after: Option<Timestamp>) {
@@ -345,8 +579,8 @@ impl Worker {
         let mut guard = self.rate_limited_until.lock().await;
         if guard.is_none_or(|current| current < until) {
             *guard = Some(until);
+            warn!(until = %until, "verification server rate limit reached; pausing issuing");
         }
-        warn!(until = %until, "verification server rate limit reached; pausing issuing");
     }
 
     async fn wait_out_rate_limit(&self) {

@@ -13,14 +13,15 @@ pub mod verification;
 use std::sync::Arc;
 use std::time::Duration;
 
-use canotify_common::broker::{self, BrokerError, Topology};
+use canotify_common::broker::{self, BrokerError};
+use tracing::{info, warn};
 use canotify_common::config::{BrokerArgs, parse_duration};
 use canotify_common::phone::Region;
 use canotify_common::telemetry::LogArgs;
 use canotify_common::{Secret, Shutdown, http, timezone};
 
-pub use crate::consume::ConsumeOptions;
-pub use crate::core::{Disposition, Fatal, Incoming, Settings, Worker};
+pub use crate::consume::{ConsumeOptions, SessionEnd};
+pub use crate::core::{Disposition, Fatal, Gate, Incoming, Settings, Worker};
 use crate::lookup::LookupClient;
 use crate::verification::VerificationClient;
 
@@ -112,9 +113,22 @@ pub struct WorkerConfig {
     #[arg(long, env = "CANOTIFY_BATCH_LINGER", default_value = "250ms", value_parser = parse_duration)]
     pub batch_linger: Duration,
 
-    /// Deliveries of one case before it is recorded `failed`.
-    #[arg(long, env = "CANOTIFY_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_attempts: u32,
+    /// How long a lookup answer is trusted for the same phone number.
+    #[arg(long, env = "CANOTIFY_LOOKUP_CACHE_AGE", default_value = "24h", value_parser = parse_duration)]
+    pub lookup_cache_age: Duration,
+
+    /// How long issuing pauses when the realm's daily quota is spent.
+    #[arg(long, env = "CANOTIFY_QUOTA_PAUSE", default_value = "1h", value_parser = parse_duration)]
+    pub quota_pause: Duration,
+
+    /// The realm's verification requests per minute, shared by all workers
+    /// (each takes this divided by the consumers the broker reports).
+    #[arg(long, env = "CANOTIFY_VERIFICATION_REQUESTS_PER_MINUTE")]
+    pub verification_requests_per_minute: Option<u32>,
+
+    /// How long in-flight cases may take to finish after SIGTERM.
+    #[arg(long, env = "CANOTIFY_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
 
     /// Timeout of one upstream request. An issue call can take 30 s when
     /// the server retries its SMS provider.
@@ -130,8 +144,6 @@ pub enum WorkerError {
     Broker(#[from] BrokerError),
     #[error("broker operation failed: {0}")]
     Amqp(#[from] lapin::Error),
-    #[error("the broker connection was lost; unacked cases go back to the queue")]
-    BrokerLost,
     #[error("stopped taking work: {0}")]
     Fatal(Arc<Fatal>),
 }
@@ -139,6 +151,7 @@ pub enum WorkerError {
 impl WorkerConfig {
     /// Builds the worker's core from the configuration.
     pub fn build_worker(&self) -> Result<Worker, WorkerError> {
+        let topology = self.broker.topology()?;
         if self.uuid_key.expose().len() < 16 {
             return Err(WorkerError::Config(
                 "CANOTIFY_UUID_KEY must be at least 16 characters".to_owned(),
@@ -165,25 +178,46 @@ impl WorkerConfig {
             time_zone,
             region: self.default_region,
             sms_template_label: self.sms_template_label.clone(),
-            max_attempts: self.max_attempts,
+            max_attempts: topology.max_attempts(),
             lookup_concurrency: self.lookup_concurrency,
+            lookup_cache_age: self.lookup_cache_age,
+            quota_pause: self.quota_pause,
+            requests_per_minute: self.verification_requests_per_minute,
         };
         Ok(Worker::new(lookup, verification, settings))
     }
 }
 
-/// Runs one worker until shutdown or a fault that needs an operator.
+/// Runs one worker until shutdown, connecting again whenever the broker is
+/// lost. A worker stopped by a configuration fault stays up without taking
+/// work, so it is not restarted into the same error again and again, and
+/// reports the fault when it is shut down.
 pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<(), WorkerError> {
     let worker = Arc::new(config.build_worker()?);
-    let topology = Topology::new(&config.broker.queue_prefix, config.broker.queue_type)?;
-    let connection = broker::connect(&config.broker.amqp_url, "canotify-worker").await?;
-
+    let topology = config.broker.topology()?;
     let options = ConsumeOptions {
         prefetch: config.prefetch.max(1),
         linger: config.batch_linger,
         issue_concurrency: config.issue_concurrency,
+        shutdown_grace: config.shutdown_grace,
     };
-    let result = consume::consume(worker, &connection, &topology, options, shutdown).await;
-    let _ = connection.close(200, "worker stopping".into()).await;
-    result
+
+    while let Some(connection) =
+        broker::connect_with_retry(&config.broker.amqp_url, "canotify-worker", &shutdown).await
+    {
+        let end = consume::consume(worker.clone(), &connection, &topology, &options, &shutdown).await;
+        let _ = connection.close(200, "worker stopping".into()).await;
+        match end {
+            Ok(SessionEnd::Shutdown) => break,
+            Ok(SessionEnd::BrokerLost(err)) | Err(err) => {
+                warn!(error = %err, "lost the broker; unacked cases go back to the queue; connecting again");
+            }
+        }
+    }
+
+    info!("worker stopped");
+    match &*worker.gate().borrow() {
+        Gate::Stopped(fatal) => Err(WorkerError::Fatal(fatal.clone())),
+        _ => Ok(()),
+    }
 }

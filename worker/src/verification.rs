@@ -8,6 +8,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::core::Fatal;
 use crate::lookup::transport_reason;
 
 /// The most codes one batch-issue call may carry.
@@ -108,6 +109,71 @@ impl VerificationClient {
             Err(err) => every_item(codes.len(), retry(&transport_reason("verification", &err))),
         }
     }
+}
+
+/// What the server says of one uuid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CodeStatus {
+    /// A code exists for it: it was issued, and texted.
+    Issued,
+    /// No code: issuing again with the same uuid is safe.
+    NotFound,
+    /// No usable answer; issuing again is still safe, since the server
+    /// refuses a second code for one uuid.
+    Unknown,
+}
+
+impl VerificationClient {
+    /// Asks whether a code exists for `uuid`, after a failure that left it
+    /// unknown whether the server issued one.
+    pub async fn check_code_status(&self, uuid: &str) -> Result<CodeStatus, Fatal> {
+        let sent = self
+            .http
+            .post(format!("{}/api/checkcodestatus", self.base_url))
+            .header("X-API-Key", self.api_key.expose())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .json(&serde_json::json!({ "uuid": uuid }))
+            .send()
+            .await;
+        let Ok(response) = sent else {
+            return Ok(CodeStatus::Unknown);
+        };
+        let status = response.status().as_u16();
+        let body = response.bytes().await.unwrap_or_default();
+        match status {
+            200 if serde_json::from_slice::<Value>(&body).is_ok_and(|v| v.is_object()) => {
+                Ok(CodeStatus::Issued)
+            }
+            401 | 403 => Err(Fatal::VerificationUnauthorized),
+            404 => {
+                let code = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("errorCode").and_then(Value::as_str).map(str::to_owned));
+                if code.as_deref() == Some("code_not_found") {
+                    Ok(CodeStatus::NotFound)
+                } else {
+                    Err(Fatal::VerificationNotFound { status })
+                }
+            }
+            _ => Ok(CodeStatus::Unknown),
+        }
+    }
+}
+
+/// Whether a retryable failure leaves it unknown if the code was issued:
+/// the request may have reached the server (a timeout, a 5xx, a garbled or
+/// short answer). A refused connection or a server that said what it did
+/// not do is not ambiguous.
+pub fn is_ambiguous(reason: &str) -> bool {
+    matches!(
+        reason,
+        "verification_timeout"
+            | "verification_transport_error"
+            | "verification_wrong_item_count"
+            | "verification_item_without_code"
+            | "verification_unreadable_item"
+            | "internal_server_error"
+    ) || reason.starts_with("verification_unreadable_http_")
 }
 
 fn retry(reason: &str) -> ItemVerdict {
@@ -451,6 +517,21 @@ mod tests {
             classify_batch(404, b"404 page not found", 1, None),
             BatchVerdict::NotFound { status: 404 }
         );
+    }
+
+    #[test]
+    fn only_failures_that_may_have_reached_the_server_are_ambiguous() {
+        for reason in [
+            "verification_timeout",
+            "internal_server_error",
+            "verification_unreadable_http_502",
+            "verification_wrong_item_count",
+        ] {
+            assert!(is_ambiguous(reason), "{reason}");
+        }
+        for reason in ["verification_connection_failed", "sms_queue_full", "maintenance_mode", "quota_exceeded"] {
+            assert!(!is_ambiguous(reason), "{reason}");
+        }
     }
 
     #[test]

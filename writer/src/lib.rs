@@ -69,7 +69,7 @@ pub async fn run_with<W: Warehouse>(
 ) -> Result<(), WriterError> {
     warehouse.migrate().await?;
 
-    let topology = Topology::new(&config.broker.queue_prefix, config.broker.queue_type)?;
+    let topology = config.broker.topology()?;
     let connection = broker::connect(&config.broker.amqp_url, "canotify-writer").await?;
     let publisher = Publisher::new(&connection).await?;
     topology.declare(publisher.channel()).await?;

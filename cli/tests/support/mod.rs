@@ -39,7 +39,9 @@ pub struct Pipeline {
     pub twilio: twilio::TwilioSimulator,
     pub verification: verification::VerificationSimulator,
     pub topology: Topology,
-    pub max_attempts: u32,
+    /// The retry delays every process is given; one attempt more than
+    /// there are delays.
+    pub retry_delays: String,
     tasks: Vec<(String, ShutdownTrigger, Task)>,
 }
 
@@ -69,7 +71,7 @@ impl Pipeline {
         .await
         .unwrap();
 
-        Self {
+        let mut pipeline = Self {
             name: name.to_owned(),
             topology: Topology::new(&prefix, broker::QueueType::Quorum).unwrap(),
             schema,
@@ -77,9 +79,23 @@ impl Pipeline {
             warehouse,
             twilio,
             verification,
-            max_attempts: 3,
+            retry_delays: "100ms,200ms".to_owned(),
             tasks: Vec::new(),
-        }
+        };
+        pipeline.set_retry_delays("100ms,200ms");
+        pipeline
+    }
+
+    /// Sets the retry delays, and the topology's wait queues with them.
+    pub fn set_retry_delays(&mut self, delays: &str) {
+        self.retry_delays = delays.to_owned();
+        let parsed: Vec<Duration> = delays
+            .split(',')
+            .map(|d| canotify_common::config::parse_duration(d).unwrap())
+            .collect();
+        self.topology = Topology::new(&self.prefix, broker::QueueType::Quorum)
+            .unwrap()
+            .with_retry_delays(&parsed);
     }
 
     fn common_args(&self) -> Vec<String> {
@@ -90,6 +106,8 @@ impl Pipeline {
             &self.prefix,
             "--log",
             "warn",
+            "--retry-delays",
+            &self.retry_delays,
         ]
         .iter()
         .map(|s| s.to_string())
@@ -119,7 +137,6 @@ impl Pipeline {
         args.extend(self.common_args());
         let sim_twilio = twilio::TwilioConfig::default();
         let sim_verification = verification::VerificationConfig::default();
-        let max_attempts = self.max_attempts.to_string();
         let defaults = [
             "--twilio-url",
             &self.twilio.url(),
@@ -135,8 +152,6 @@ impl Pipeline {
             UUID_KEY,
             "--batch-linger",
             "50ms",
-            "--max-attempts",
-            &max_attempts,
         ];
         // A flag given in `extra` replaces the default of the same name.
         for pair in defaults.chunks(2) {

@@ -4,9 +4,9 @@
 //! It checks Basic auth like Twilio, answers from the `phonenumber`
 //! metadata and a fixed line-type rule (see [`line_type_for`]), and counts
 //! every paid lookup so tests can tell how much a run would have cost.
-//! Faults: added latency, a fraction of 500s, and a cap on lookups in
-//! flight past which Twilio answers 429 (Twilio limits concurrency, not a
-//! request rate).
+//! Faults: added latency, a fraction of 500s, a cap on lookups in flight
+//! past which Twilio answers 429 (Twilio limits concurrency, not a request
+//! rate), and an injected [`Fault`] for the next few lookups.
 
 mod lookup;
 
@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -27,7 +27,8 @@ use serde::Deserialize;
 
 pub use lookup::{LineType, line_type_for};
 
-use crate::http_util::{self, Running};
+use crate::faults::{self, Fault, Injector, Upstream};
+use crate::http_util::{self, Connection, Running};
 
 /// How the Twilio simulator authenticates callers and which faults it
 /// injects.
@@ -77,6 +78,7 @@ pub async fn start(config: TwilioConfig, addr: SocketAddr) -> io::Result<TwilioS
     let shared = Arc::new(Shared {
         authorization,
         in_flight: AtomicUsize::new(0),
+        faults: Injector::new(Upstream::Twilio),
         state: Mutex::new(SimState {
             latency: config.latency,
             error_rate: config.error_rate,
@@ -128,6 +130,24 @@ impl TwilioSimulator {
         self.shared.state().max_concurrent = limit;
     }
 
+    /// Makes the next `times` lookups (`None`: every lookup until
+    /// [`clear_injected`](Self::clear_injected)) answer with `fault`,
+    /// replacing any fault injected before. Only lookups with the right
+    /// credentials that get past the concurrency limit take it.
+    ///
+    /// # Panics
+    ///
+    /// For a fault only the verification server shows (`WrongLengthCodes`,
+    /// `ErrorCodeIn200`, `IssueThenServerError`).
+    pub fn inject(&self, fault: Fault, times: Option<u32>) {
+        self.shared.faults.arm(fault, times);
+    }
+
+    /// Removes the injected fault, if any.
+    pub fn clear_injected(&self) {
+        self.shared.faults.disarm();
+    }
+
     /// Stops the server and waits for the lookups in flight.
     pub async fn shutdown(self) {
         self.server.shutdown().await;
@@ -139,6 +159,7 @@ struct Shared {
     /// The whole `Authorization` header a caller must send.
     authorization: String,
     in_flight: AtomicUsize,
+    faults: Injector,
     state: Mutex<SimState>,
 }
 
@@ -219,6 +240,7 @@ struct LookupQuery {
 
 async fn phone_number(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(connection): ConnectInfo<Connection>,
     headers: HeaderMap,
     number: Result<Path<String>, PathRejection>,
     query: Result<Query<LookupQuery>, QueryRejection>,
@@ -227,7 +249,7 @@ async fn phone_number(
     if !shared.authorized(&headers) {
         let latency = shared.state().latency;
         tokio::time::sleep(latency).await;
-        return twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
+        return unauthorized();
     }
 
     let slot = InFlight::enter(&shared.in_flight);
@@ -246,17 +268,28 @@ async fn phone_number(
     }
     tokio::time::sleep(latency).await;
 
-    let mut response = if over_limit {
-        let message = "Too many concurrent requests";
-        twilio_error(StatusCode::TOO_MANY_REQUESTS, 20429, message)
-    } else if fails {
-        let message = "Internal Server Error";
-        twilio_error(StatusCode::INTERNAL_SERVER_ERROR, 20500, message)
+    // The one place an injected fault is taken. A lookup refused for the
+    // concurrency limit never reached the lookup, so it takes none; one
+    // that takes a fault gets that instead of the random 500s.
+    let fault = if over_limit {
+        None
     } else {
-        match (number, query) {
+        shared.faults.take()
+    };
+    let mut response = match &fault {
+        None if over_limit => too_many_requests(),
+        None if fails => internal_error(),
+        Some(Fault::ServerError) => internal_error(),
+        Some(Fault::TooManyRequests) => too_many_requests(),
+        Some(Fault::Unauthorized) => unauthorized(),
+        Some(Fault::HtmlErrorPage) => faults::html_error_page(),
+        Some(Fault::NotJson) => faults::not_json(),
+        // The other faults spoil the answer of a lookup made, and billed,
+        // as usual.
+        _ => match (number, query) {
             (Ok(Path(number)), Ok(Query(query))) => shared.answer(&number, &query),
             _ => twilio_error(StatusCode::BAD_REQUEST, 20001, "Bad request"),
-        }
+        },
     };
 
     // The header Twilio uses to tell a client how close it is to the
@@ -264,7 +297,16 @@ async fn phone_number(
     response
         .headers_mut()
         .insert("twilio-concurrent-requests", HeaderValue::from(concurrent));
-    response
+
+    match fault {
+        Some(Fault::TruncatedJson) => faults::truncated(response).await,
+        Some(Fault::Delay(delay)) => {
+            tokio::time::sleep(delay).await;
+            response
+        }
+        Some(Fault::DropConnection) => faults::dropped(&connection),
+        _ => response,
+    }
 }
 
 /// Twilio's answer for a path it has no resource at.
@@ -274,6 +316,20 @@ async fn not_found() -> Response {
         20404,
         "The requested resource was not found",
     )
+}
+
+fn unauthorized() -> Response {
+    twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate")
+}
+
+fn too_many_requests() -> Response {
+    let message = "Too many concurrent requests";
+    twilio_error(StatusCode::TOO_MANY_REQUESTS, 20429, message)
+}
+
+fn internal_error() -> Response {
+    let message = "Internal Server Error";
+    twilio_error(StatusCode::INTERNAL_SERVER_ERROR, 20500, message)
 }
 
 /// Twilio's error body: its own code, a message and a link to the code's page.

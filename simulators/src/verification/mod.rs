@@ -8,8 +8,9 @@
 //! `GET /_sim/stats`, for operators and the demo.
 //!
 //! Faults: latency, a fraction of items failing with a 500, errors forced
-//! per phone, a per-minute request limit, a daily quota and maintenance
-//! mode. One known difference from the real server: forced per-phone
+//! per phone, a per-minute request limit, a daily quota, maintenance mode,
+//! and an injected [`Fault`] for the next few issue calls (see
+//! [`VerificationSimulator::inject`]). One known difference from the real server: forced per-phone
 //! errors such as `sms_failure` are raised before the quota is charged,
 //! whereas a real SMS failure happens after it.
 
@@ -23,7 +24,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -31,7 +32,8 @@ use jiff::Timestamp;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::http_util::{self, Running};
+use crate::faults::{self, Fault, Injector, Upstream};
+use crate::http_util::{self, Connection, Running};
 use realm::{RateStatus, Realm};
 use wire::{
     BatchIssueAnswer, BatchIssueRequest, CheckCodeStatusRequest, CodeAnswer, CodeStatus, ErrorCode,
@@ -119,6 +121,7 @@ pub async fn start(
 ) -> io::Result<VerificationSimulator> {
     let shared = Arc::new(Shared {
         api_key: config.api_key.clone(),
+        faults: Injector::new(Upstream::Verification),
         realm: Mutex::new(Realm::new(&config)),
     });
 
@@ -151,6 +154,36 @@ impl VerificationSimulator {
         self.shared.realm().requests
     }
 
+    /// Authenticated `/api/checkcodestatus` calls received, refused ones
+    /// included.
+    pub fn checkcodestatus_calls(&self) -> u64 {
+        self.shared.realm().status_checks
+    }
+
+    /// Makes the next `times` issue calls (`None`: every one until
+    /// [`clear_injected`](Self::clear_injected)) answer with `fault`,
+    /// replacing any fault injected before. A batch is one call.
+    ///
+    /// Only `/api/batch-issue` and `/api/issue` take the fault, and only
+    /// calls with the right key that are within the rate limit; so a wrong
+    /// key is still answered 401 first. `/api/checkcodestatus` and the
+    /// `/_sim` routes always answer normally, so a test can ask whether a
+    /// code exists after an ambiguous failure. A code issued under a fault
+    /// that strikes after issuing is kept and its SMS is in the ledger,
+    /// exactly as without the fault.
+    ///
+    /// # Panics
+    ///
+    /// For `Fault::TooManyRequests`, a fault only Twilio shows.
+    pub fn inject(&self, fault: Fault, times: Option<u32>) {
+        self.shared.faults.arm(fault, times);
+    }
+
+    /// Removes the injected fault, if any.
+    pub fn clear_injected(&self) {
+        self.shared.faults.disarm();
+    }
+
     /// Forces every later code for this phone to fail with `error_code`
     /// (for example `sms_failure`, `sms_queue_full`, `quota_exceeded`,
     /// `internal_server_error`), with the HTTP status the real server
@@ -165,10 +198,11 @@ impl VerificationSimulator {
             .insert(key, ErrorCode::parse(error_code));
     }
 
-    /// Removes the injected faults: forced per-phone errors, the item
-    /// error rate and maintenance mode. Latency, the rate limit and the
-    /// quota are realm settings and stay.
+    /// Removes every fault: the injected one, forced per-phone errors, the
+    /// item error rate and maintenance mode. Latency, the rate limit and
+    /// the quota are realm settings and stay.
     pub fn clear_faults(&self) {
+        self.shared.faults.disarm();
         let mut realm = self.shared.realm();
         realm.forced.clear();
         realm.item_error_rate = 0.0;
@@ -211,7 +245,15 @@ impl VerificationSimulator {
 /// What the handlers and the handle share.
 struct Shared {
     api_key: String,
+    faults: Injector,
     realm: Mutex<Realm>,
+}
+
+/// The two issue calls, which answer in different shapes.
+#[derive(Clone, Copy, Debug)]
+enum Endpoint {
+    Batch,
+    Single,
 }
 
 impl Shared {
@@ -231,14 +273,15 @@ impl Shared {
 
         let key = headers.get("x-api-key").map(HeaderValue::as_bytes);
         if key != Some(self.api_key.as_bytes()) {
-            let body = serde_json::json!({ "error": "unauthorized" });
-            return Err((StatusCode::UNAUTHORIZED, axum::Json(body)).into_response());
+            return Err(unauthorized());
         }
 
         let rate = {
             let mut realm = self.realm();
             if is_issue {
                 realm.requests += 1;
+            } else {
+                realm.status_checks += 1;
             }
             realm.admit(Timestamp::now())
         };
@@ -264,99 +307,185 @@ impl Shared {
 
 async fn batch_issue(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(connection): ConnectInfo<Connection>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let rate = match shared.admit(&headers, true).await {
-        Ok(rate) => rate,
-        Err(refusal) => return refusal,
-    };
-
-    let request: BatchIssueRequest = match decode(&headers, &body) {
-        Ok(request) => request,
-        Err(failure) => return answer(failure.code.status(), &failure.body(), &rate),
-    };
-    let codes = request.codes.unwrap_or_default();
-
-    // Refusals of the batch as a whole carry no errorCode.
-    let refusal = if !shared.realm().allow_bulk {
-        Some("bulk issuing is not enabled for this realm".to_owned())
-    } else if codes.is_empty() {
-        Some("no codes in the batch".to_owned())
-    } else if codes.len() > MAX_BATCH_CODES {
-        Some(format!("a batch holds at most {MAX_BATCH_CODES} codes"))
-    } else {
-        None
-    };
-    if let Some(error) = refusal {
-        let body = serde_json::json!({ "error": error });
-        return answer(StatusCode::BAD_REQUEST, &body, &rate);
-    }
-
-    // The whole batch runs under one lock, so it sees one consistent
-    // realm and a concurrent batch cannot slip between its uuid checks.
-    let (outcomes, padding) = {
-        let mut realm = shared.realm();
-        let now = Timestamp::now();
-        let outcomes: Vec<Result<_, Failure>> =
-            codes.iter().map(|code| realm.issue(code, now)).collect();
-        (outcomes, http_util::random_padding(&mut realm.rng))
-    };
-
-    let failed: Vec<&Failure> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
-    let issued = outcomes.len() - failed.len();
-    tracing::debug!(issued, failed = failed.len(), "batch answered");
-
-    // There is no 207: the first failure sets the status of the whole
-    // answer, even when other codes were issued.
-    let status = failed.first().map_or(StatusCode::OK, |f| f.code.status());
-    let batch = BatchIssueAnswer {
-        error: (!failed.is_empty()).then(|| format!("{} failed, {issued} issued", failed.len())),
-        error_code: failed.first().map(|f| f.code.as_str().to_owned()),
-        codes: outcomes
-            .into_iter()
-            .map(|outcome| match outcome {
-                Ok(code) => CodeAnswer::Issued(code),
-                Err(failure) => CodeAnswer::Failed(failure.body()),
-            })
-            .collect(),
-        padding,
-    };
-    answer(status, &batch, &rate)
+    let call = shared.issue_call(Endpoint::Batch, &connection, &headers, &body);
+    call.await
 }
 
-async fn issue(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let rate = match shared.admit(&headers, true).await {
-        Ok(rate) => rate,
-        Err(refusal) => return refusal,
-    };
+async fn issue(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(connection): ConnectInfo<Connection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let call = shared.issue_call(Endpoint::Single, &connection, &headers, &body);
+    call.await
+}
 
-    let request: IssueRequest = match decode(&headers, &body) {
-        Ok(request) => request,
-        Err(failure) => return answer(failure.code.status(), &failure.body(), &rate),
-    };
+impl Shared {
+    /// Both issue calls: admission, then the one place an injected fault is
+    /// taken and applied around the normal answer.
+    async fn issue_call(
+        &self,
+        endpoint: Endpoint,
+        connection: &Connection,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Response {
+        let rate = match self.admit(headers, true).await {
+            Ok(rate) => rate,
+            Err(refusal) => return refusal,
+        };
+        let fault = self.faults.take();
 
-    let (outcome, padding) = {
-        let mut realm = shared.realm();
-        let outcome = realm.issue(&request, Timestamp::now());
-        (outcome, http_util::random_padding(&mut realm.rng))
-    };
-    tracing::debug!(issued = outcome.is_ok(), "issue answered");
+        // These fail before anything is issued; the rest spoil the answer
+        // of a call that issued and texted its codes as usual.
+        let response = match &fault {
+            Some(Fault::ServerError) => return internal_error(&rate),
+            Some(Fault::HtmlErrorPage) => return faults::html_error_page(),
+            Some(Fault::NotJson) => return faults::not_json(),
+            Some(Fault::Unauthorized) => return unauthorized(),
+            Some(Fault::ErrorCodeIn200) => {
+                return self.provider_failure(endpoint, headers, body, &rate);
+            }
+            _ => match endpoint {
+                Endpoint::Batch => self.batch_answer(headers, body, &rate),
+                Endpoint::Single => self.single_answer(headers, body, &rate),
+            },
+        };
 
-    match outcome {
-        Ok(code) => answer(StatusCode::OK, &code, &rate),
-        // The single-code call has answered a duplicate with a 200 and no
-        // code since v0.36, unlike the batch call.
-        Err(failure) if failure.code == ErrorCode::UuidAlreadyExists => {
-            let body = serde_json::json!({ "uuid": request.uuid, "padding": padding });
-            answer(StatusCode::OK, &body, &rate)
+        match fault {
+            Some(Fault::TruncatedJson) => faults::truncated(response).await,
+            Some(Fault::WrongLengthCodes) => one_code_short(response).await,
+            Some(Fault::IssueThenServerError) => internal_error(&rate),
+            Some(Fault::Delay(delay)) => {
+                tokio::time::sleep(delay).await;
+                response
+            }
+            Some(Fault::DropConnection) => faults::dropped(connection),
+            _ => response,
         }
-        // A 500 here hides its cause.
-        Err(failure) if failure.code == ErrorCode::InternalServerError => {
-            let body = serde_json::json!({ "error": "Internal Server Error" });
-            answer(StatusCode::INTERNAL_SERVER_ERROR, &body, &rate)
+    }
+
+    fn batch_answer(&self, headers: &HeaderMap, body: &[u8], rate: &RateStatus) -> Response {
+        let request: BatchIssueRequest = match decode(headers, body) {
+            Ok(request) => request,
+            Err(failure) => return answer(failure.code.status(), &failure.body(), rate),
+        };
+        let codes = request.codes.unwrap_or_default();
+
+        // Refusals of the batch as a whole carry no errorCode.
+        let refusal = if !self.realm().allow_bulk {
+            Some("bulk issuing is not enabled for this realm".to_owned())
+        } else if codes.is_empty() {
+            Some("no codes in the batch".to_owned())
+        } else if codes.len() > MAX_BATCH_CODES {
+            Some(format!("a batch holds at most {MAX_BATCH_CODES} codes"))
+        } else {
+            None
+        };
+        if let Some(error) = refusal {
+            let body = serde_json::json!({ "error": error });
+            return answer(StatusCode::BAD_REQUEST, &body, rate);
         }
-        Err(failure) => answer(failure.code.status(), &failure.body(), &rate),
+
+        // The whole batch runs under one lock, so it sees one consistent
+        // realm and a concurrent batch cannot slip between its uuid checks.
+        let (outcomes, padding) = {
+            let mut realm = self.realm();
+            let now = Timestamp::now();
+            let outcomes: Vec<Result<_, Failure>> =
+                codes.iter().map(|code| realm.issue(code, now)).collect();
+            (outcomes, http_util::random_padding(&mut realm.rng))
+        };
+
+        let failed: Vec<&Failure> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+        let issued = outcomes.len() - failed.len();
+        tracing::debug!(issued, failed = failed.len(), "batch answered");
+
+        // There is no 207: the first failure sets the status of the whole
+        // answer, even when other codes were issued.
+        let status = failed.first().map_or(StatusCode::OK, |f| f.code.status());
+        let batch = BatchIssueAnswer {
+            error: (!failed.is_empty())
+                .then(|| format!("{} failed, {issued} issued", failed.len())),
+            error_code: failed.first().map(|f| f.code.as_str().to_owned()),
+            codes: outcomes
+                .into_iter()
+                .map(|outcome| match outcome {
+                    Ok(code) => CodeAnswer::Issued(code),
+                    Err(failure) => CodeAnswer::Failed(failure.body()),
+                })
+                .collect(),
+            padding,
+        };
+        answer(status, &batch, rate)
+    }
+
+    fn single_answer(&self, headers: &HeaderMap, body: &[u8], rate: &RateStatus) -> Response {
+        let request: IssueRequest = match decode(headers, body) {
+            Ok(request) => request,
+            Err(failure) => return answer(failure.code.status(), &failure.body(), rate),
+        };
+
+        let (outcome, padding) = {
+            let mut realm = self.realm();
+            let outcome = realm.issue(&request, Timestamp::now());
+            (outcome, http_util::random_padding(&mut realm.rng))
+        };
+        tracing::debug!(issued = outcome.is_ok(), "issue answered");
+
+        match outcome {
+            Ok(code) => answer(StatusCode::OK, &code, rate),
+            // The single-code call has answered a duplicate with a 200 and
+            // no code since v0.36, unlike the batch call.
+            Err(failure) if failure.code == ErrorCode::UuidAlreadyExists => {
+                let body = serde_json::json!({ "uuid": request.uuid, "padding": padding });
+                answer(StatusCode::OK, &body, rate)
+            }
+            // A 500 here hides its cause.
+            Err(failure) if failure.code == ErrorCode::InternalServerError => internal_error(rate),
+            Err(failure) => answer(failure.code.status(), &failure.body(), rate),
+        }
+    }
+
+    /// A 200 whose every item failed with `internal_server_error`, as when
+    /// the server cannot load its SMS provider. Nothing is issued.
+    fn provider_failure(
+        &self,
+        endpoint: Endpoint,
+        headers: &HeaderMap,
+        body: &[u8],
+        rate: &RateStatus,
+    ) -> Response {
+        let failure = Failure::new(
+            ErrorCode::InternalServerError,
+            "failed to load the SMS provider",
+        );
+        let Endpoint::Batch = endpoint else {
+            return answer(StatusCode::OK, &failure.body(), rate);
+        };
+
+        // The answer must still hold one item per code, so the batch is
+        // read for its length; one that cannot be read is refused as usual.
+        let request: BatchIssueRequest = match decode(headers, body) {
+            Ok(request) => request,
+            Err(failure) => return answer(failure.code.status(), &failure.body(), rate),
+        };
+        let count = request.codes.map_or(0, |codes| codes.len());
+
+        // No outer errorCode: a client must find the failures by checking
+        // every item, whatever the status says.
+        let batch = BatchIssueAnswer {
+            codes: vec![CodeAnswer::Failed(failure.body()); count],
+            padding: http_util::random_padding(&mut self.realm().rng),
+            error: None,
+            error_code: None,
+        };
+        answer(StatusCode::OK, &batch, rate)
     }
 }
 
@@ -415,6 +544,42 @@ async fn stats(State(shared): State<Arc<Shared>>) -> Response {
         (realm.requests, realm.ledger.len())
     };
     axum::Json(serde_json::json!({ "requests": requests, "sms_sent": sms_sent })).into_response()
+}
+
+/// The server's 500, which hides its cause.
+fn internal_error(rate: &RateStatus) -> Response {
+    let body = serde_json::json!({ "error": "Internal Server Error" });
+    answer(StatusCode::INTERNAL_SERVER_ERROR, &body, rate)
+}
+
+/// The answer to a missing, unknown or non-admin key. It carries no
+/// rate-limit headers: the limit is per realm, and the caller has none.
+fn unauthorized() -> Response {
+    let body = serde_json::json!({ "error": "unauthorized" });
+    (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
+}
+
+/// A batch answer with the last item of `codes` left out; any other answer
+/// as it was.
+async fn one_code_short(response: Response) -> Response {
+    let (parts, body) = response.into_parts();
+
+    // Every simulator body is already in memory, so reading it cannot fail.
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    };
+    if let Some(codes) = json.get_mut("codes").and_then(|c| c.as_array_mut()) {
+        codes.pop();
+    }
+
+    // The rate-limit headers stay; the length is the new body's.
+    let mut shortened = (parts.status, axum::Json(json)).into_response();
+    *shortened.headers_mut() = parts.headers;
+    shortened.headers_mut().remove(header::CONTENT_LENGTH);
+    shortened
 }
 
 /// Reads a request body as the real server does: JSON content type, at

@@ -58,6 +58,8 @@ pub(crate) struct Realm {
     pub(crate) forced: HashMap<String, ErrorCode>,
     /// Authenticated issue calls received.
     pub(crate) requests: u64,
+    /// Authenticated `/api/checkcodestatus` calls received.
+    pub(crate) status_checks: u64,
 
     rate: Window,
     quota: Window,
@@ -125,6 +127,7 @@ impl Realm {
             ledger: Vec::new(),
             forced: HashMap::new(),
             requests: 0,
+            status_checks: 0,
             rate: Window::default(),
             quota: Window::default(),
             rng: fastrand::Rng::with_seed(config.seed),
