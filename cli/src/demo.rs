@@ -233,7 +233,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
         if let Ok(connection) = broker::connect(&args.amqp_url, "canotify-demo").await {
             if let (Ok(channel), Ok(topology)) = (
                 connection.create_channel().await,
-                Topology::new(&prefix, args.queue_type).map(|t| t.with_retry_delays(&retry_delays())),
+                Topology::new(&prefix, args.queue_type)
+                    .map(|t| t.with_retry_delays(&retry_delays())),
             ) {
                 let _ = topology.delete(&channel).await;
             }

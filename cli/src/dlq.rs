@@ -20,6 +20,13 @@
 //! command given that id acts on all of them.
 //!
 //! Nothing here prints a phone number unmasked, a test date or a test type.
+//!
+//! Every command holds the whole queue in memory and takes it one
+//! `basic_get` round trip per letter: fine for the hundreds or thousands of
+//! letters an operator reads, slow for a queue of millions. While a purge
+//! waits for its `yes`, the letters stay taken; an answer slower than the
+//! broker's consumer timeout (30 minutes by default) finds the channel
+//! closed, and nothing is removed.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -369,7 +376,9 @@ impl DeadLetters {
                         self.topology.prefix()
                     ),
                 }),
-                Some(queue) => moving.push((delivery, letter, requeued_copy(delivery, queue, &now))),
+                Some(queue) => {
+                    moving.push((delivery, letter, requeued_copy(delivery, queue, &now)))
+                }
             }
         }
 
@@ -435,15 +444,19 @@ impl DeadLetters {
         {
             write!(
                 prompt,
-                "purge {} ({} of {} letters) from {} for good? type yes to go on: ",
-                selection.describe(),
+                "purge {} of the {} letters in {} ({}) for good? type yes to go on: ",
                 chosen.len(),
                 peek.taken.len(),
-                self.topology.dead()
+                self.topology.dead(),
+                selection.describe(),
             )?;
             prompt.flush()?;
             let mut answer = String::new();
             input.read_line(&mut answer)?;
+            if !answer.ends_with('\n') {
+                // No line was typed (end of input): end the prompt's line.
+                writeln!(prompt)?;
+            }
             if answer.trim() != "yes" {
                 peek.give_back().await;
                 return Err(DlqError::NotConfirmed);
@@ -528,7 +541,11 @@ async fn ack(delivery: &Delivery) -> Result<(), DlqError> {
         .acker
         .ack(BasicAckOptions { multiple: false })
         .await?;
-    if acked { Ok(()) } else { Err(DlqError::ChannelGone) }
+    if acked {
+        Ok(())
+    } else {
+        Err(DlqError::ChannelGone)
+    }
 }
 
 fn read_letter(delivery: &Delivery) -> Letter {
@@ -843,13 +860,7 @@ pub fn render_requeue(report: &RequeueReport) -> String {
         }
     }
     push_not_found(&mut out, &report.not_found);
-    let _ = write!(
-        out,
-        "\n{} {} remain in {}",
-        report.remaining,
-        plural(report.remaining, "letter"),
-        report.queue
-    );
+    push_remaining(&mut out, report.remaining, &report.queue);
     out
 }
 
@@ -864,14 +875,16 @@ pub fn render_purge(report: &PurgeReport) -> String {
         let _ = write!(out, ": {}", report.purged.join(", "));
     }
     push_not_found(&mut out, &report.not_found);
+    push_remaining(&mut out, report.remaining, &report.queue);
+    out
+}
+
+fn push_remaining(out: &mut String, remaining: usize, queue: &str) {
     let _ = write!(
         out,
-        "\n{} {} remain in {}",
-        report.remaining,
-        plural(report.remaining, "letter"),
-        report.queue
+        "\n{remaining} {} left in {queue}",
+        plural(remaining, "letter")
     );
-    out
 }
 
 fn push_not_found(out: &mut String, not_found: &[String]) {

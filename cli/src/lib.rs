@@ -8,5 +8,6 @@ pub mod demo;
 pub mod dlq;
 pub mod ledger;
 pub mod preflight;
+pub mod proxy;
 pub mod seed;
 pub mod status;

@@ -101,55 +101,72 @@ pub async fn run_with<W: Warehouse>(
     warehouse.migrate().await?;
 
     let topology = config.broker.topology()?;
-    let connection = broker::connect(&config.broker.amqp_url, "canotify-producer").await?;
-    let publisher = Publisher::new(&connection).await?;
-    topology.declare(publisher.channel()).await?;
     info!(queue = %topology.checks(), once = config.once, "producer started");
 
-    loop {
-        let summary = match pass(&config, &warehouse, &publisher, &topology, &shutdown).await {
-            Ok(summary) => summary,
-            // A polling producer outlives a database outage: what it had
-            // claimed but not published is taken again after the claim age.
-            Err(ProducerError::Warehouse(err)) if err.is_retryable() && !config.once => {
-                warn!(error = %err, retry_in = ?config.poll_interval, "warehouse unavailable; will try again");
-                tokio::select! {
-                    _ = shutdown.requested() => break,
-                    _ = tokio::time::sleep(config.poll_interval) => continue,
-                }
+    'connection: while let Some(connection) =
+        broker::connect_with_retry(&config.broker.amqp_url, "canotify-producer", &shutdown).await
+    {
+        let publisher = match Publisher::new(&connection).await {
+            Ok(publisher) => publisher,
+            Err(err) => {
+                warn!(error = %err, "cannot open a channel; connecting again");
+                continue;
             }
-            Err(err) => return Err(err),
         };
-        info!(
-            published = summary.published,
-            duplicates = summary.duplicates,
-            deferred = summary.deferred,
-            refused = summary.refused,
-            "pass finished"
-        );
-        if summary.unpublished > 0 {
-            warn!(
-                unpublished = summary.unpublished,
-                "some cases were not published; they will be taken again"
+        if let Err(err) = topology.declare(publisher.channel()).await {
+            warn!(error = %err, "cannot declare the topology; connecting again");
+            continue;
+        }
+
+        loop {
+            let summary = match pass(&config, &warehouse, &publisher, &topology, &shutdown).await {
+                Ok(summary) => summary,
+                // A polling producer outlives a database outage: what it had
+                // claimed but not published is taken again after the claim age.
+                Err(ProducerError::Warehouse(err)) if err.is_retryable() && !config.once => {
+                    warn!(error = %err, retry_in = ?config.poll_interval, "warehouse unavailable; will try again");
+                    tokio::select! {
+                        _ = shutdown.requested() => break 'connection,
+                        _ = tokio::time::sleep(config.poll_interval) => continue,
+                    }
+                }
+                Err(err) => return Err(err),
+            };
+            info!(
+                published = summary.published,
+                duplicates = summary.duplicates,
+                deferred = summary.deferred,
+                refused = summary.refused,
+                "pass finished"
             );
-        }
-
-        if config.once {
-            let _ = connection.close(200, "done".into()).await;
+            let broker_lost = !connection.status().connected();
             if summary.unpublished > 0 {
-                return Err(ProducerError::Unpublished(summary.unpublished));
+                warn!(unpublished = summary.unpublished, "some cases were not published; their claims were given back");
             }
-            return Ok(());
-        }
 
-        tokio::select! {
-            _ = shutdown.requested() => break,
-            _ = tokio::time::sleep(config.poll_interval) => {}
+            if config.once {
+                let _ = connection.close(200, "done".into()).await;
+                if summary.unpublished > 0 {
+                    return Err(ProducerError::Unpublished(summary.unpublished));
+                }
+                return Ok(());
+            }
+            if broker_lost {
+                warn!("lost the broker; connecting again");
+                continue 'connection;
+            }
+
+            tokio::select! {
+                _ = shutdown.requested() => {
+                    let _ = connection.close(200, "shutdown".into()).await;
+                    break 'connection;
+                }
+                _ = tokio::time::sleep(config.poll_interval) => {}
+            }
         }
     }
 
     info!("producer stopped");
-    let _ = connection.close(200, "shutdown".into()).await;
     Ok(())
 }
 

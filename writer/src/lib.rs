@@ -70,8 +70,35 @@ pub async fn run_with<W: Warehouse>(
     warehouse.migrate().await?;
 
     let topology = config.broker.topology()?;
-    let connection = broker::connect(&config.broker.amqp_url, "canotify-writer").await?;
-    let publisher = Publisher::new(&connection).await?;
+    while let Some(connection) =
+        broker::connect_with_retry(&config.broker.amqp_url, "canotify-writer", &shutdown).await
+    {
+        let end = session(&config, &warehouse, &connection, &topology, &shutdown).await;
+        let _ = connection.close(200, "writer stopping".into()).await;
+        match end {
+            Ok(()) if shutdown.is_requested() => break,
+            Ok(()) => warn!("the results consumer ended; connecting again"),
+            Err(WriterError::Amqp(err)) => {
+                warn!(error = %err, "lost the broker; unacked results will be redelivered; connecting again");
+            }
+            Err(err) => return Err(err),
+        }
+    }
+
+    info!("writer stopped");
+    Ok(())
+}
+
+/// Consumes and writes on one connection until shutdown (Ok) or until the
+/// broker is lost (an AMQP error).
+async fn session<W: Warehouse>(
+    config: &WriterConfig,
+    warehouse: &W,
+    connection: &lapin::Connection,
+    topology: &Topology,
+    shutdown: &Shutdown,
+) -> Result<(), WriterError> {
+    let publisher = Publisher::new(connection).await?;
     topology.declare(publisher.channel()).await?;
 
     // Prefetch twice the batch, so the next batch fills while one is written.
@@ -85,7 +112,7 @@ pub async fn run_with<W: Warehouse>(
     let mut consumer = channel
         .basic_consume(
             topology.results().into(),
-            format!("canotify-writer-{}", std::process::id()).into(),
+            "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -93,43 +120,38 @@ pub async fn run_with<W: Warehouse>(
     info!(queue = %topology.results(), batch_size = config.batch_size, "writer consuming");
 
     let batch_size = usize::from(config.batch_size);
-    let mut stream_ended = false;
-    while !stream_ended && !shutdown.is_requested() {
+    loop {
         // Wait for the first result of a batch, then fill until the size or
         // the linger.
         let first = tokio::select! {
-            _ = shutdown.requested() => break,
+            _ = shutdown.requested() => return Ok(()),
             next = consumer.next() => next,
         };
         let mut batch = match first {
             Some(Ok(delivery)) => vec![delivery],
             Some(Err(err)) => return Err(err.into()),
-            None => break,
+            None => return Ok(()),
         };
         let deadline = tokio::time::Instant::now() + config.linger;
+        let mut lost = None;
         while batch.len() < batch_size {
             match tokio::time::timeout_at(deadline, consumer.next()).await {
                 Ok(Some(Ok(delivery))) => batch.push(delivery),
                 Ok(Some(Err(err))) => {
-                    warn!(error = %err, "broker error while filling a batch");
-                    stream_ended = true;
+                    lost = Some(err);
                     break;
                 }
-                Ok(None) => {
-                    stream_ended = true;
-                    break;
-                }
-                Err(_) => break,
+                Ok(None) | Err(_) => break,
             }
         }
 
-        write_batch(&warehouse, &publisher, &topology, batch, &shutdown).await?;
+        // What was read before a failure is still written: the write is
+        // idempotent, and the redelivered copies will change nothing.
+        write_batch(warehouse, &publisher, topology, batch, shutdown).await?;
+        if let Some(err) = lost {
+            return Err(err.into());
+        }
     }
-
-    info!("writer stopped");
-    let _ = channel.close(200, "writer stopping".into()).await;
-    let _ = connection.close(200, "writer stopping".into()).await;
-    Ok(())
 }
 
 /// Writes one batch and acks it. Unreadable results go to the dead-letter
@@ -206,8 +228,11 @@ async fn write_batch<W: Warehouse>(
 
     // Deliveries on one channel arrive in tag order, so the last tag acks
     // exactly this batch.
-    if let Some(last) = batch.last() {
-        last.ack(BasicAckOptions { multiple: true }).await?;
+    if let Some(last) = batch.last()
+        && let Err(err) = last.ack(BasicAckOptions { multiple: true }).await
+    {
+        // The results will come again and be written again, changing nothing.
+        warn!(error = %err, "could not ack a written batch; it will be redelivered");
     }
     debug!(results = results.len(), "batch written");
     Ok(())
