@@ -9,6 +9,7 @@
 //!                               └─▶ {prefix}.dead (classic, for inspection)
 //! ```
 
+use crate::telemetry::Chain;
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -61,7 +62,7 @@ pub enum QueueType {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    #[error("cannot reach RabbitMQ at {address}: {source}")]
+    #[error("cannot reach RabbitMQ at {address}")]
     Connect {
         address: String,
         #[source]
@@ -119,7 +120,7 @@ pub async fn connect_with_retry(
             Ok(connection) => return Some(connection),
             Err(err) => {
                 let wait = backoff.next().unwrap_or(Duration::from_secs(15));
-                tracing::warn!(error = %err, retry_in = ?wait, "broker unavailable; will connect again");
+                tracing::warn!(error = %Chain(&err), retry_in = ?wait, "broker unavailable; will connect again");
                 tokio::select! {
                     _ = shutdown.requested() => return None,
                     _ = tokio::time::sleep(wait) => {}
@@ -302,9 +303,16 @@ impl Topology {
         Ok(())
     }
 
-    fn work_queue_arguments(&self, dead_letter_exchange: &str, dead_letter_key: &str) -> FieldTable {
+    fn work_queue_arguments(
+        &self,
+        dead_letter_exchange: &str,
+        dead_letter_key: &str,
+    ) -> FieldTable {
         let mut args = FieldTable::default();
-        args.insert("x-dead-letter-exchange".into(), string(dead_letter_exchange));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            string(dead_letter_exchange),
+        );
         args.insert("x-dead-letter-routing-key".into(), string(dead_letter_key));
         match self.queue_type {
             QueueType::Quorum => {

@@ -51,7 +51,8 @@ pub struct BrokerArgs {
 impl BrokerArgs {
     /// The topology these arguments name.
     pub fn topology(&self) -> Result<Topology, BrokerError> {
-        Ok(Topology::new(&self.queue_prefix, self.queue_type)?.with_retry_delays(&self.retry_delays))
+        Ok(Topology::new(&self.queue_prefix, self.queue_type)?
+            .with_retry_delays(&self.retry_delays))
     }
 }
 

@@ -41,3 +41,52 @@ pub fn init(args: &LogArgs) -> Result<(), String> {
     };
     result.map_err(|err| format!("cannot install the logger: {err}"))
 }
+
+/// Shows an error with its whole cause chain (`outer: inner: root`), for
+/// the one log line where the error ends.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'a));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut last = self.0.to_string();
+        f.write_str(&last)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            // Some errors already print their cause; say it once.
+            let text = cause.to_string();
+            if !last.contains(&text) {
+                write!(f, ": {text}")?;
+            }
+            last = text;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn chain_shows_every_cause_once() {
+        let err = Outer(std::io::Error::other("root cause"));
+
+        assert_eq!(Chain(&err).to_string(), "outer: root cause");
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer: {0}")]
+    struct Repeats(#[source] std::io::Error);
+
+    #[test]
+    fn chain_skips_a_cause_the_error_already_printed() {
+        let err = Repeats(std::io::Error::other("root cause"));
+
+        assert_eq!(Chain(&err).to_string(), "outer: root cause");
+    }
+}

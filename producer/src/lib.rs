@@ -8,6 +8,7 @@
 //! between claiming and publishing loses nothing, and a case published twice
 //! is harmless because the worker's verification uuid stops a second text.
 
+use canotify_common::telemetry::Chain;
 use std::time::Duration;
 
 use canotify_common::broker::{self, Outgoing, Publisher, Topology};
@@ -109,12 +110,12 @@ pub async fn run_with<W: Warehouse>(
         let publisher = match Publisher::new(&connection).await {
             Ok(publisher) => publisher,
             Err(err) => {
-                warn!(error = %err, "cannot open a channel; connecting again");
+                warn!(error = %Chain(&err), "cannot open a channel; connecting again");
                 continue;
             }
         };
         if let Err(err) = topology.declare(publisher.channel()).await {
-            warn!(error = %err, "cannot declare the topology; connecting again");
+            warn!(error = %Chain(&err), "cannot declare the topology; connecting again");
             continue;
         }
 
@@ -124,7 +125,7 @@ pub async fn run_with<W: Warehouse>(
                 // A polling producer outlives a database outage: what it had
                 // claimed but not published is taken again after the claim age.
                 Err(ProducerError::Warehouse(err)) if err.is_retryable() && !config.once => {
-                    warn!(error = %err, retry_in = ?config.poll_interval, "warehouse unavailable; will try again");
+                    warn!(error = %Chain(&err), retry_in = ?config.poll_interval, "warehouse unavailable; will try again");
                     tokio::select! {
                         _ = shutdown.requested() => break 'connection,
                         _ = tokio::time::sleep(config.poll_interval) => continue,
@@ -141,7 +142,10 @@ pub async fn run_with<W: Warehouse>(
             );
             let broker_lost = !connection.status().connected();
             if summary.unpublished > 0 {
-                warn!(unpublished = summary.unpublished, "some cases were not published; their claims were given back");
+                warn!(
+                    unpublished = summary.unpublished,
+                    "some cases were not published; their claims were given back"
+                );
             }
 
             if config.once {
@@ -209,7 +213,7 @@ pub async fn pass<W: Warehouse>(
                 match confirm {
                     Ok(()) => confirmed.push(id),
                     Err(err) => {
-                        debug!(case_id = %id, error = %err, "case not published");
+                        debug!(case_id = %id, error = %Chain(&err), "case not published");
                         failed.push(id);
                     }
                 }

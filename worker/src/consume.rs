@@ -9,6 +9,7 @@
 //! loop cancels its consumer, so the cases wait in the queue for a worker
 //! that can serve them, and consumes again once the gate opens.
 
+use canotify_common::telemetry::Chain;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -184,7 +185,10 @@ pub async fn consume(
         drop(batch_tx);
         let _ = batcher.await;
     };
-    if tokio::time::timeout(options.shutdown_grace, drain).await.is_err() {
+    if tokio::time::timeout(options.shutdown_grace, drain)
+        .await
+        .is_err()
+    {
         warn!(grace = ?options.shutdown_grace, "in-flight cases did not finish in the grace period; they will be redelivered");
     }
     Ok(end)
@@ -239,7 +243,7 @@ async fn check_one(
     let request: CheckRequest = match serde_json::from_slice(&delivery.data) {
         Ok(request) => request,
         Err(err) => {
-            warn!(error = %err, bytes = delivery.data.len(), "unreadable case message; dead-lettering it");
+            warn!(error = %Chain(&err), bytes = delivery.data.len(), "unreadable case message; dead-lettering it");
             settle.dead_letter(delivery, "unreadable_message").await;
             return;
         }
@@ -330,7 +334,7 @@ impl Settler {
         let mut confirmed = vec![true; items.len()];
         for (owner, confirm) in owners.into_iter().zip(confirms) {
             if let Err(err) = confirm {
-                warn!(error = %err, "not confirmed by the broker; the case will be redelivered");
+                warn!(error = %Chain(&err), "not confirmed by the broker; the case will be redelivered");
                 confirmed[owner] = false;
             }
         }
@@ -378,15 +382,18 @@ impl Settler {
     fn retry_message(&self, retry: &Retry) -> Outgoing {
         let delays = self.topology.retry_delays();
         let index = usize::try_from(retry.attempt.saturating_sub(1)).unwrap_or(usize::MAX);
-        let queue = delays
-            .get(index)
-            .or(delays.last())
-            .map_or_else(|| self.topology.checks(), |delay| self.topology.wait_queue(*delay));
+        let queue = delays.get(index).or(delays.last()).map_or_else(
+            || self.topology.checks(),
+            |delay| self.topology.wait_queue(*delay),
+        );
         Outgoing::json(&queue, &retry.request)
             .with_message_id(retry.request.case_id.as_str())
             .with_header(ATTEMPTS_HEADER, AMQPValue::LongUInt(retry.attempt))
             .with_header(FIRST_FAILURE_HEADER, string(&retry.first_failure))
-            .with_header(LAST_FAILURE_HEADER, string(&jiff::Timestamp::now().to_string()))
+            .with_header(
+                LAST_FAILURE_HEADER,
+                string(&jiff::Timestamp::now().to_string()),
+            )
             .with_header(LAST_REASON_HEADER, string(&retry.reason))
             .with_header(TEXTABLE_HEADER, AMQPValue::Boolean(retry.known_textable))
             .with_header(AMBIGUOUS_HEADER, AMQPValue::Boolean(retry.ambiguous))
@@ -406,7 +413,7 @@ impl Settler {
             Err(err) => {
                 // Rejecting without requeue still routes it through the
                 // queue's dead-letter exchange, without the reason.
-                warn!(error = %err, "could not publish the dead letter; rejecting instead");
+                warn!(error = %Chain(&err), "could not publish the dead letter; rejecting instead");
                 let _ = delivery
                     .nack(BasicNackOptions {
                         requeue: false,
@@ -455,6 +462,6 @@ async fn requeue(delivery: &Delivery) {
 async fn ack(delivery: &Delivery) {
     if let Err(err) = delivery.ack(BasicAckOptions::default()).await {
         // The broker will redeliver it; the case's uuid makes that harmless.
-        warn!(error = %err, "ack failed");
+        warn!(error = %Chain(&err), "ack failed");
     }
 }

@@ -9,6 +9,7 @@
 //! spent quota or refused credentials close the worker's gate, and the cases
 //! in hand go back to the queue unspent.
 
+use canotify_common::telemetry::Chain;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -141,9 +142,13 @@ pub enum Checked {
 pub enum Fatal {
     #[error(transparent)]
     Lookup(#[from] LookupError),
-    #[error("the verification server refused the API key (HTTP 401); check CANOTIFY_VERIFICATION_API_KEY and the realm's IP allow-list")]
+    #[error(
+        "the verification server refused the API key (HTTP 401); check CANOTIFY_VERIFICATION_API_KEY and the realm's IP allow-list"
+    )]
     VerificationUnauthorized,
-    #[error("the verification server has no such endpoint at the configured URL (HTTP {status}); check CANOTIFY_VERIFICATION_URL")]
+    #[error(
+        "the verification server has no such endpoint at the configured URL (HTTP {status}); check CANOTIFY_VERIFICATION_URL"
+    )]
     VerificationNotFound { status: u16 },
 }
 
@@ -152,7 +157,9 @@ pub enum Fatal {
 pub enum Gate {
     Open,
     /// The daily quota is spent: no issuing until then.
-    Paused { until: Instant },
+    Paused {
+        until: Instant,
+    },
     /// A configuration fault: no work until restarted.
     Stopped(Arc<Fatal>),
 }
@@ -279,7 +286,7 @@ impl Worker {
                 return Checked::Finished(Disposition::Hold);
             }
             Err(err) => {
-                warn!(case_id = %request.case_id, phone = %phone, error = %err, "lookup retries ran out");
+                warn!(case_id = %request.case_id, phone = %phone, error = %Chain(&err), "lookup retries ran out");
                 return Checked::Finished(self.retry_or_give_up(case, err.reason(), false, false));
             }
         }
@@ -312,7 +319,7 @@ impl Worker {
         })
         .retry(lookup::retry_policy())
         .when(|err| matches!(err, LookupError::Retryable { .. }))
-        .notify(|err, wait| debug!(phone = %phone, error = %err, ?wait, "retrying lookup"))
+        .notify(|err, wait| debug!(phone = %phone, error = %Chain(&err), ?wait, "retrying lookup"))
         .await?;
 
         let mut cache = self.lookup_cache.lock().expect("never poisoned");
@@ -341,7 +348,10 @@ impl Worker {
     /// again, the server is asked whether the code exists. What still fails
     /// goes to a wait queue or, on its last attempt, is given up.
     pub async fn issue(&self, batch: Vec<Textable>) -> Vec<Disposition> {
-        assert!(batch.len() <= MAX_BATCH, "a batch holds at most {MAX_BATCH} cases");
+        assert!(
+            batch.len() <= MAX_BATCH,
+            "a batch holds at most {MAX_BATCH} cases"
+        );
         let mut answers: Vec<Option<Disposition>> = vec![None; batch.len()];
         let mut last_reason: Vec<String> = vec![String::new(); batch.len()];
         let mut ambiguous: Vec<bool> = batch.iter().map(|c| c.incoming.ambiguous).collect();
@@ -367,7 +377,11 @@ impl Worker {
                     to_send.push(index);
                     continue;
                 }
-                match self.verification.check_code_status(&batch[index].issue.uuid).await {
+                match self
+                    .verification
+                    .check_code_status(&batch[index].issue.uuid)
+                    .await
+                {
                     Ok(CodeStatus::Issued) => {
                         answers[index] = Some(Disposition::Done(
                             self.result_of(&batch[index], Status::Sent)
@@ -458,7 +472,11 @@ impl Worker {
             }
             match backoff.next() {
                 Some(wait) => {
-                    debug!(items = pending.len(), ?wait, "retrying failed items of a batch");
+                    debug!(
+                        items = pending.len(),
+                        ?wait,
+                        "retrying failed items of a batch"
+                    );
                     tokio::time::sleep(wait).await;
                 }
                 None => break,
@@ -473,8 +491,12 @@ impl Worker {
                 attempt = case.incoming.attempt,
                 "issuing failed; in-process retries ran out for this attempt"
             );
-            answers[index] =
-                Some(self.retry_or_give_up(&case.incoming, last_reason[index].clone(), true, ambiguous[index]));
+            answers[index] = Some(self.retry_or_give_up(
+                &case.incoming,
+                last_reason[index].clone(),
+                true,
+                ambiguous[index],
+            ));
         }
         answers
             .into_iter()
@@ -483,8 +505,12 @@ impl Worker {
     }
 
     fn result_of(&self, case: &Textable, status: Status) -> CaseResult {
-        CaseResult::new(case.incoming.request.case_id.clone(), status, case.incoming.attempt)
-            .with_uuid(case.issue.uuid.clone())
+        CaseResult::new(
+            case.incoming.request.case_id.clone(),
+            status,
+            case.incoming.attempt,
+        )
+        .with_uuid(case.issue.uuid.clone())
     }
 
     /// Sends a case round again, or gives it up on its last attempt.

@@ -10,15 +10,16 @@ pub mod core;
 pub mod lookup;
 pub mod verification;
 
+use canotify_common::telemetry::Chain;
 use std::sync::Arc;
 use std::time::Duration;
 
 use canotify_common::broker::{self, BrokerError};
-use tracing::{info, warn};
 use canotify_common::config::{BrokerArgs, parse_duration};
 use canotify_common::phone::Region;
 use canotify_common::telemetry::LogArgs;
 use canotify_common::{Secret, Shutdown, http, timezone};
+use tracing::{info, warn};
 
 pub use crate::consume::{ConsumeOptions, SessionEnd};
 pub use crate::core::{Disposition, Fatal, Gate, Incoming, Settings, Worker};
@@ -205,12 +206,13 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<(), WorkerE
     while let Some(connection) =
         broker::connect_with_retry(&config.broker.amqp_url, "canotify-worker", &shutdown).await
     {
-        let end = consume::consume(worker.clone(), &connection, &topology, &options, &shutdown).await;
+        let end =
+            consume::consume(worker.clone(), &connection, &topology, &options, &shutdown).await;
         let _ = connection.close(200, "worker stopping".into()).await;
         match end {
             Ok(SessionEnd::Shutdown) => break,
             Ok(SessionEnd::BrokerLost(err)) | Err(err) => {
-                warn!(error = %err, "lost the broker; unacked cases go back to the queue; connecting again");
+                warn!(error = %Chain(&err), "lost the broker; unacked cases go back to the queue; connecting again");
             }
         }
     }

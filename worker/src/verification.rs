@@ -146,9 +146,11 @@ impl VerificationClient {
             }
             401 | 403 => Err(Fatal::VerificationUnauthorized),
             404 => {
-                let code = serde_json::from_slice::<Value>(&body)
-                    .ok()
-                    .and_then(|v| v.get("errorCode").and_then(Value::as_str).map(str::to_owned));
+                let code = serde_json::from_slice::<Value>(&body).ok().and_then(|v| {
+                    v.get("errorCode")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                });
                 if code.as_deref() == Some("code_not_found") {
                     Ok(CodeStatus::NotFound)
                 } else {
@@ -529,7 +531,12 @@ mod tests {
         ] {
             assert!(is_ambiguous(reason), "{reason}");
         }
-        for reason in ["verification_connection_failed", "sms_queue_full", "maintenance_mode", "quota_exceeded"] {
+        for reason in [
+            "verification_connection_failed",
+            "sms_queue_full",
+            "maintenance_mode",
+            "quota_exceeded",
+        ] {
             assert!(!is_ambiguous(reason), "{reason}");
         }
     }

@@ -4,6 +4,7 @@
 //! the whole batch with `multiple` only after the commit. A result that
 //! arrives twice changes nothing; a `sent` outcome is never overwritten.
 
+use canotify_common::telemetry::Chain;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -79,7 +80,7 @@ pub async fn run_with<W: Warehouse>(
             Ok(()) if shutdown.is_requested() => break,
             Ok(()) => warn!("the results consumer ended; connecting again"),
             Err(WriterError::Amqp(err)) => {
-                warn!(error = %err, "lost the broker; unacked results will be redelivered; connecting again");
+                warn!(error = %Chain(&err), "lost the broker; unacked results will be redelivered; connecting again");
             }
             Err(err) => return Err(err),
         }
@@ -174,7 +175,7 @@ async fn write_batch<W: Warehouse>(
                 sources.push(delivery);
             }
             Err(err) => {
-                warn!(error = %err, bytes = delivery.data.len(), "unreadable result; dead-lettering it");
+                warn!(error = %Chain(&err), bytes = delivery.data.len(), "unreadable result; dead-lettering it");
                 letters.push(topology.dead_letter(
                     &delivery.data,
                     delivery.properties.headers().as_ref(),
@@ -206,7 +207,7 @@ async fn write_batch<W: Warehouse>(
             Ok(()) => break,
             Err(err) if err.is_retryable() && !shutdown.is_requested() => {
                 let wait = backoff.next().unwrap_or(Duration::from_secs(10));
-                warn!(error = %err, ?wait, results = results.len(), "warehouse unavailable; holding the batch");
+                warn!(error = %Chain(&err), ?wait, results = results.len(), "warehouse unavailable; holding the batch");
                 tokio::time::sleep(wait).await;
             }
             Err(err) if err.is_retryable() => {
@@ -216,7 +217,7 @@ async fn write_batch<W: Warehouse>(
                 return Ok(());
             }
             Err(err) => {
-                error!(error = %err, results = results.len(), "the warehouse refused a batch; writing its results one by one");
+                error!(error = %Chain(&err), results = results.len(), "the warehouse refused a batch; writing its results one by one");
                 if !write_one_by_one(warehouse, publisher, topology, &results, &sources).await {
                     nack_all(&batch).await;
                     return Ok(());
@@ -232,7 +233,7 @@ async fn write_batch<W: Warehouse>(
         && let Err(err) = last.ack(BasicAckOptions { multiple: true }).await
     {
         // The results will come again and be written again, changing nothing.
-        warn!(error = %err, "could not ack a written batch; it will be redelivered");
+        warn!(error = %Chain(&err), "could not ack a written batch; it will be redelivered");
     }
     debug!(results = results.len(), "batch written");
     Ok(())
@@ -253,7 +254,7 @@ async fn write_one_by_one<W: Warehouse>(
             .record_outcomes(std::slice::from_ref(result))
             .await
         {
-            error!(case_id = %result.case_id, error = %err, "the warehouse refused a result; dead-lettering it");
+            error!(case_id = %result.case_id, error = %Chain(&err), "the warehouse refused a result; dead-lettering it");
             let letter = topology.dead_letter(
                 &delivery.data,
                 delivery.properties.headers().as_ref(),

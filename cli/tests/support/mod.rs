@@ -42,6 +42,10 @@ pub struct Pipeline {
     /// The retry delays every process is given; one attempt more than
     /// there are delays.
     pub retry_delays: String,
+    /// Where the processes reach RabbitMQ and PostgreSQL; a test may put a
+    /// proxy in between.
+    pub amqp_url: String,
+    pub database_url: String,
     tasks: Vec<(String, ShutdownTrigger, Task)>,
 }
 
@@ -81,9 +85,21 @@ impl Pipeline {
             verification,
             retry_delays: "100ms,200ms".to_owned(),
             tasks: Vec::new(),
+            amqp_url: AMQP_URL.to_owned(),
+            database_url: DATABASE_URL.to_owned(),
         };
         pipeline.set_retry_delays("100ms,200ms");
         pipeline
+    }
+
+    /// Sends the processes' broker traffic through a proxy on `port`.
+    pub fn route_broker_through(&mut self, port: u16) {
+        self.amqp_url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    }
+
+    /// Sends the processes' database traffic through a proxy on `port`.
+    pub fn route_database_through(&mut self, port: u16) {
+        self.database_url = format!("postgres://postgres@127.0.0.1:{port}/test");
     }
 
     /// Sets the retry delays, and the topology's wait queues with them.
@@ -101,7 +117,7 @@ impl Pipeline {
     fn common_args(&self) -> Vec<String> {
         [
             "--amqp-url",
-            AMQP_URL,
+            &self.amqp_url,
             "--queue-prefix",
             &self.prefix,
             "--log",
@@ -120,7 +136,7 @@ impl Pipeline {
         args.extend(
             [
                 "--database-url",
-                DATABASE_URL,
+                &self.database_url,
                 "--schema",
                 &self.schema,
                 "--poll-interval",
@@ -169,7 +185,7 @@ impl Pipeline {
         args.extend(
             [
                 "--database-url",
-                DATABASE_URL,
+                &self.database_url,
                 "--schema",
                 &self.schema,
                 "--write-linger",
@@ -324,17 +340,48 @@ impl Pipeline {
         self.warehouse.outcomes().await.unwrap()
     }
 
-    /// Stops every process and checks that each stopped cleanly.
-    pub async fn stop(&mut self) {
+    /// Stops every process and says how each ended.
+    pub async fn stop_all(&mut self) -> Vec<(String, Result<(), String>)> {
         for (_, trigger, _) in &self.tasks {
             trigger.trigger();
         }
+        let mut ends = Vec::new();
         for (what, _, task) in self.tasks.drain(..) {
             let result = tokio::time::timeout(Duration::from_secs(30), task)
                 .await
                 .unwrap_or_else(|_| panic!("the {what} did not stop within 30 s"))
                 .unwrap();
+            ends.push((what, result));
+        }
+        ends
+    }
+
+    /// Stops every process and checks that each stopped cleanly.
+    pub async fn stop(&mut self) {
+        for (what, result) in self.stop_all().await {
             assert_eq!(result, Ok(()), "the {what} stopped on an error");
+        }
+    }
+
+    /// Waits until `ready` holds, failing the test after `limit`.
+    pub async fn wait_for(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        ready: impl AsyncFn(&Pipeline) -> bool,
+    ) {
+        let started = Instant::now();
+        loop {
+            self.fail_on_crashed_task();
+            if ready(self).await {
+                return;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "{}: {what} did not happen within {limit:?}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

@@ -30,7 +30,7 @@ pub const DUPLICATE_REASON: &str = "same_person_within_window";
 
 #[derive(Debug, thiserror::Error)]
 pub enum WarehouseError {
-    #[error("cannot reach PostgreSQL at {address}: {source}")]
+    #[error("cannot reach PostgreSQL at {address}")]
     Connect {
         address: String,
         #[source]

@@ -3,6 +3,7 @@
 //! call after it breaks; every value is a bound parameter, and batches go
 //! as arrays unnested in SQL, so a batch is one statement.
 
+use crate::telemetry::Chain;
 use std::collections::HashMap;
 use std::future::Future;
 
@@ -305,7 +306,7 @@ async fn open(url: &Secret) -> Result<Client, WarehouseError> {
             })?;
     tokio::spawn(async move {
         if let Err(err) = connection.await {
-            tracing::warn!(error = %err, "warehouse connection closed");
+            tracing::warn!(error = %Chain(&err), "warehouse connection closed");
         }
     });
     Ok(client)
