@@ -11,6 +11,7 @@
 
 use canotify_common::telemetry::Chain;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use canotify_common::broker::{
@@ -42,6 +43,12 @@ pub const AMBIGUOUS_HEADER: &str = "x-canotify-ambiguous";
 
 /// The reason the last attempt of a retried case failed.
 pub const LAST_REASON_HEADER: &str = "x-canotify-last-reason";
+
+/// How long a worker whose gate shut waits for its cases in flight.
+const GIVE_BACK_WAIT: Duration = Duration::from_secs(60);
+
+/// How long in-flight cases may finish after the broker is lost.
+const BROKER_LOST_GRACE: Duration = Duration::from_secs(2);
 
 /// How often a worker recounts the consumers sharing the request rate.
 const RATE_SHARE_REFRESH: Duration = Duration::from_secs(15);
@@ -76,14 +83,10 @@ pub async fn consume(
 ) -> Result<SessionEnd, lapin::Error> {
     let publisher = Publisher::new(connection).await?;
     topology.declare(publisher.channel()).await?;
-    let channel = connection.create_channel().await?;
-    channel
-        .basic_qos(options.prefetch, BasicQosOptions { global: false })
-        .await?;
-
     let settle = Settler {
         publisher,
         topology: topology.clone(),
+        unsettled: Arc::new(AtomicUsize::new(0)),
     };
     let (batch_tx, batch_rx) =
         mpsc::channel::<(Delivery, Textable)>(usize::from(options.prefetch).max(MAX_BATCH));
@@ -120,8 +123,13 @@ pub async fn consume(
             }
         }
 
-        // An empty tag lets the broker name the consumer, so a worker's
-        // successive consumers never clash.
+        // A channel per round of consuming: closing it when the gate shuts
+        // gives back every delivery this worker holds, read or not.
+        let channel = match open_consume_channel(connection, options.prefetch).await {
+            Ok(channel) => channel,
+            Err(err) => break 'session SessionEnd::BrokerLost(err),
+        };
+        // An empty tag lets the broker name the consumer.
         let mut consumer = match channel
             .basic_consume(
                 topology.checks().into(),
@@ -147,8 +155,10 @@ pub async fn consume(
                 _ = shutdown.requested() => break SessionEnd::Shutdown,
                 changed = gate.changed() => {
                     if changed.is_ok() && !gate.borrow().is_open() {
-                        warn!("gate shut; no longer consuming");
-                        let _ = channel.basic_cancel(tag.clone().into(), BasicCancelOptions::default()).await;
+                        warn!("gate shut; no longer consuming, and giving back the cases held");
+                        let _ = channel.basic_cancel(tag.clone(), BasicCancelOptions::default()).await;
+                        give_back_held(&mut consumer, &settle).await;
+                        let _ = channel.close(200, "gate shut".into()).await;
                         continue 'session;
                     }
                 }
@@ -158,6 +168,7 @@ pub async fn consume(
                         lapin::ChannelState::Closed, "consumer").into()),
                     Some(Err(err)) => break SessionEnd::BrokerLost(err),
                     Some(Ok(delivery)) => {
+                        settle.received();
                         let worker = worker.clone();
                         let settle = settle.clone();
                         let batch_tx = batch_tx.clone();
@@ -172,26 +183,54 @@ pub async fn consume(
         };
         if matches!(stop_consuming, SessionEnd::Shutdown) {
             let _ = channel
-                .basic_cancel(tag.into(), BasicCancelOptions::default())
+                .basic_cancel(tag, BasicCancelOptions::default())
                 .await;
         }
         break stop_consuming;
     };
 
-    // Let what is in flight finish, within the grace period; whatever is
-    // still unacked after it goes back to the queue when the channel closes.
+    // On shutdown, let what is in flight finish within the grace period.
+    // With the broker lost, its acks cannot land anyway: the broker gives
+    // every unacked case to another consumer, so waiting long gains nothing.
+    let grace = match end {
+        SessionEnd::Shutdown => options.shutdown_grace,
+        SessionEnd::BrokerLost(_) => BROKER_LOST_GRACE,
+    };
+    let batcher_abort = batcher.abort_handle();
     let drain = async {
         while checks.join_next().await.is_some() {}
         drop(batch_tx);
         let _ = batcher.await;
     };
-    if tokio::time::timeout(options.shutdown_grace, drain)
-        .await
-        .is_err()
-    {
-        warn!(grace = ?options.shutdown_grace, "in-flight cases did not finish in the grace period; they will be redelivered");
+    if tokio::time::timeout(grace, drain).await.is_err() {
+        warn!(?grace, "in-flight cases did not finish in time; they will be redelivered");
+        batcher_abort.abort();
     }
     Ok(end)
+}
+
+/// After the consumer is cancelled: gives back what it had prefetched, then
+/// waits (a bounded time) for the cases in flight to settle, so closing the
+/// channel afterwards requeues nothing that was already finished.
+async fn give_back_held(consumer: &mut lapin::Consumer, settle: &Settler) {
+    let deadline = tokio::time::Instant::now() + GIVE_BACK_WAIT;
+    while let Ok(Some(Ok(delivery))) =
+        tokio::time::timeout(Duration::from_millis(200), consumer.next()).await
+    {
+        settle.received();
+        settle.requeue(&delivery).await;
+    }
+    while settle.unsettled() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn open_consume_channel(connection: &Connection, prefetch: u16) -> Result<Channel, lapin::Error> {
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions { global: false })
+        .await?;
+    Ok(channel)
 }
 
 /// Counts the consumers of the checks queue and takes this worker's share
@@ -260,7 +299,7 @@ async fn check_one(
                 if let Err(mpsc::error::SendError((delivery, _))) =
                     batch_tx.send((delivery, *case)).await
                 {
-                    requeue(&delivery).await;
+                    settle.requeue(&delivery).await;
                 }
             }
         }
@@ -312,6 +351,8 @@ async fn batch_and_issue(
 struct Settler {
     publisher: Publisher,
     topology: Topology,
+    /// Deliveries received and not yet acked or given back.
+    unsettled: Arc<AtomicUsize>,
 }
 
 impl Settler {
@@ -339,13 +380,11 @@ impl Settler {
             }
         }
         for (index, (delivery, disposition)) in items.into_iter().enumerate() {
-            if held.contains(&index) {
-                requeue(&delivery).await;
-            } else if confirmed[index] {
-                log_settled(&disposition);
-                ack(&delivery).await;
+            if held.contains(&index) || !confirmed[index] {
+                self.requeue(&delivery).await;
             } else {
-                requeue(&delivery).await;
+                log_settled(&disposition);
+                self.ack(&delivery).await;
             }
         }
     }
@@ -409,8 +448,9 @@ impl Settler {
             reason,
         );
         match self.publisher.publish(letter).await {
-            Ok(()) => ack(&delivery).await,
+            Ok(()) => self.ack(&delivery).await,
             Err(err) => {
+                self.unsettled.fetch_sub(1, Ordering::SeqCst);
                 // Rejecting without requeue still routes it through the
                 // queue's dead-letter exchange, without the reason.
                 warn!(error = %Chain(&err), "could not publish the dead letter; rejecting instead");
@@ -450,18 +490,30 @@ fn string(s: &str) -> AMQPValue {
     AMQPValue::LongString(s.into())
 }
 
-async fn requeue(delivery: &Delivery) {
-    let _ = delivery
-        .nack(BasicNackOptions {
-            requeue: true,
-            ..BasicNackOptions::default()
-        })
-        .await;
-}
+impl Settler {
+    fn received(&self) {
+        self.unsettled.fetch_add(1, Ordering::SeqCst);
+    }
 
-async fn ack(delivery: &Delivery) {
-    if let Err(err) = delivery.ack(BasicAckOptions::default()).await {
-        // The broker will redeliver it; the case's uuid makes that harmless.
-        warn!(error = %Chain(&err), "ack failed");
+    fn unsettled(&self) -> usize {
+        self.unsettled.load(Ordering::SeqCst)
+    }
+
+    async fn requeue(&self, delivery: &Delivery) {
+        self.unsettled.fetch_sub(1, Ordering::SeqCst);
+        let _ = delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await;
+    }
+
+    async fn ack(&self, delivery: &Delivery) {
+        self.unsettled.fetch_sub(1, Ordering::SeqCst);
+        if let Err(err) = delivery.ack(BasicAckOptions::default()).await {
+            // The broker will redeliver it; the case's uuid makes that harmless.
+            warn!(error = %Chain(&err), "ack failed");
+        }
     }
 }
