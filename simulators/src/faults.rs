@@ -197,7 +197,7 @@ pub(crate) async fn truncated(response: Response) -> Response {
 /// No answer: cuts `connection`, so the response returned here is never
 /// written.
 pub(crate) fn dropped(connection: &Connection) -> Response {
-    let _ = connection;
+    connection.sever();
     StatusCode::INTERNAL_SERVER_ERROR.into_response()
 }
 

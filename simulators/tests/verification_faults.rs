@@ -274,8 +274,9 @@ async fn a_dropped_connection_sends_not_one_byte_back() {
     sim.inject(Fault::DropConnection, Some(1));
     let body = batch_of([1]).to_string();
     let request = format!(
-        "POST /api/batch-issue HTTP/1.1\r\nHost: simulator\r\nX-API-Key: {KEY}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /api/batch-issue HTTP/1.1\r\nHost: simulator\r\nConnection: close\r\n\
+         X-API-Key: {KEY}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
     let address = sim.url().trim_start_matches("http://").to_owned();
@@ -283,7 +284,9 @@ async fn a_dropped_connection_sends_not_one_byte_back() {
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut answer = Vec::new();
-    let read = stream.read_to_end(&mut answer).await;
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the simulator closes the connection");
 
     // A reset instead of a clean close is no answer either.
     assert!(read.is_err() || answer.is_empty(), "{answer:?}");

@@ -99,6 +99,9 @@ pub async fn consume(
     let mut checks = JoinSet::new();
     let mut gate = worker.gate();
 
+    // The channel outlives the loop, so in-flight cases can still ack on it
+    // while they drain after shutdown.
+    let mut channel: Option<Channel> = None;
     let end = 'session: loop {
         // Consume only while the gate is open.
         let wait = match &*gate.borrow_and_update() {
@@ -126,7 +129,7 @@ pub async fn consume(
         // A channel per round of consuming: closing it when the gate shuts
         // gives back every delivery this worker holds, read or not.
         let channel = match open_consume_channel(connection, options.prefetch).await {
-            Ok(channel) => channel,
+            Ok(opened) => channel.insert(opened),
             Err(err) => break 'session SessionEnd::BrokerLost(err),
         };
         // An empty tag lets the broker name the consumer.
@@ -203,8 +206,14 @@ pub async fn consume(
         let _ = batcher.await;
     };
     if tokio::time::timeout(grace, drain).await.is_err() {
-        warn!(?grace, "in-flight cases did not finish in time; they will be redelivered");
+        warn!(
+            ?grace,
+            "in-flight cases did not finish in time; they will be redelivered"
+        );
         batcher_abort.abort();
+    }
+    if let Some(channel) = channel {
+        let _ = channel.close(200, "worker stopping".into()).await;
     }
     Ok(end)
 }
@@ -225,7 +234,10 @@ async fn give_back_held(consumer: &mut lapin::Consumer, settle: &Settler) {
     }
 }
 
-async fn open_consume_channel(connection: &Connection, prefetch: u16) -> Result<Channel, lapin::Error> {
+async fn open_consume_channel(
+    connection: &Connection,
+    prefetch: u16,
+) -> Result<Channel, lapin::Error> {
     let channel = connection.create_channel().await?;
     channel
         .basic_qos(prefetch, BasicQosOptions { global: false })

@@ -170,7 +170,8 @@ impl VerificationSimulator {
     /// `/_sim` routes always answer normally, so a test can ask whether a
     /// code exists after an ambiguous failure. A code issued under a fault
     /// that strikes after issuing is kept and its SMS is in the ledger,
-    /// exactly as without the fault.
+    /// exactly as without the fault. A faulted call still counts in
+    /// [`requests`](Self::requests).
     ///
     /// # Panics
     ///
