@@ -56,6 +56,15 @@ pub struct DemoArgs {
     #[arg(long)]
     pub keep: bool,
 
+    /// Folder for the processes' logs, kept afterwards; by default a
+    /// temporary folder, removed after a run that passed.
+    #[arg(long)]
+    pub log_dir: Option<PathBuf>,
+
+    /// Log filter of the producer, workers and writer.
+    #[arg(long, default_value = "info")]
+    pub child_log: String,
+
     /// Folder holding canotify-producer, canotify-worker and canotify-writer;
     /// by default the folder of this `canotify` binary.
     #[arg(long)]
@@ -163,7 +172,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     );
     let schema = format!("canotify_demo_{suffix}");
     let prefix = format!("canotify-demo-{suffix}");
-    let log_dir = std::env::temp_dir().join(format!("canotify-demo-{suffix}"));
+    let log_dir = args
+        .log_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("canotify-demo-{suffix}")));
     std::fs::create_dir_all(&log_dir)?;
     say(&format!(
         "demo schema {schema}, queue prefix {prefix}, logs in {}",
@@ -196,6 +208,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
         queue_type: args.queue_type,
         twilio_url: twilio_sim.url(),
         verification_url: verification_sim.url(),
+        log_filter: args.child_log.clone(),
     };
     let started = Instant::now();
     let mut children = Children::default();
@@ -245,7 +258,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     verification_sim.shutdown().await;
 
     // The children's logs are worth keeping only when something went wrong.
-    if outcome.is_ok() && summary.passed() && !args.keep {
+    if outcome.is_ok() && summary.passed() && !args.keep && args.log_dir.is_none() {
         let _ = std::fs::remove_dir_all(&log_dir);
     } else {
         say(&format!("the processes' logs are in {}", log_dir.display()));
@@ -318,6 +331,7 @@ struct ChildEnv {
     queue_type: QueueType,
     twilio_url: String,
     verification_url: String,
+    log_filter: String,
 }
 
 impl ChildEnv {
@@ -342,6 +356,7 @@ impl ChildEnv {
             .env("CANOTIFY_DATABASE_URL", self.database_url.expose())
             .env("CANOTIFY_SCHEMA", &self.schema)
             .env("CANOTIFY_POLL_INTERVAL", "1s")
+            .env("CANOTIFY_LOG", &self.log_filter)
             .env("CANOTIFY_RETRY_DELAYS", RETRY_DELAYS)
             .env("CANOTIFY_TWILIO_URL", &self.twilio_url)
             .env(

@@ -30,10 +30,18 @@ pub struct LogArgs {
 
 /// Installs the global subscriber. Fails if the filter does not parse.
 pub fn init(args: &LogArgs) -> Result<(), String> {
+    // lapin traces whole frames, message bodies included, so it is held
+    // at debug whatever the filter asks. Records of the `log` crate (where
+    // tokio-postgres logs bound parameters) are deliberately not bridged.
     let filter = EnvFilter::try_new(&args.filter)
-        .map_err(|err| format!("invalid log filter {:?}: {err}", args.filter))?;
+        .map_err(|err| format!("invalid log filter {:?}: {err}", args.filter))?
+        .add_directive("lapin=debug".parse().expect("a valid directive"))
+        .add_directive("amq_protocol=debug".parse().expect("a valid directive"));
+    // Colour only for a person at a terminal; files and log drivers get
+    // plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let result = match args.format {
         LogFormat::Text => builder.try_init(),

@@ -104,6 +104,15 @@ pub async fn run_with<W: Warehouse>(
     let topology = config.broker.topology()?;
     info!(queue = %topology.checks(), once = config.once, "producer started");
 
+    // From cron, an unreachable broker is an error to report now; a
+    // polling producer waits for it instead.
+    if config.once {
+        broker::connect(&config.broker.amqp_url, "canotify-producer")
+            .await?
+            .close(200, "reachable".into())
+            .await?;
+    }
+
     'connection: while let Some(connection) =
         broker::connect_with_retry(&config.broker.amqp_url, "canotify-producer", &shutdown).await
     {
