@@ -29,7 +29,11 @@ fn debug_logs_of_every_process_hold_no_phone_number_and_no_test_date() {
         .arg(bin_dir)
         .output()
         .unwrap();
-    assert!(demo.status.success(), "{}", String::from_utf8_lossy(&demo.stderr));
+    assert!(
+        demo.status.success(),
+        "{}",
+        String::from_utf8_lossy(&demo.stderr)
+    );
 
     // The demo seeds the same cases for the same seed and day.
     let cases = seed::generate(300, 7, seed::today_utc());
@@ -38,11 +42,19 @@ fn debug_logs_of_every_process_hold_no_phone_number_and_no_test_date() {
         if let Some(raw) = case.case.phone.as_deref().filter(|p| p.len() >= 7) {
             needles.push(raw.to_owned());
         }
-        if let Some(phone) = case.case.phone.as_deref().and_then(|p| E164::normalize(p, Region::US).ok()) {
+        if let Some(phone) = case
+            .case
+            .phone
+            .as_deref()
+            .and_then(|p| E164::normalize(p, Region::US).ok())
+        {
             needles.push(phone.as_str().to_owned());
             needles.push(phone.as_str()[2..].to_owned());
         }
-        for date in [case.case.test_date, case.case.symptom_date].into_iter().flatten() {
+        for date in [case.case.test_date, case.case.symptom_date]
+            .into_iter()
+            .flatten()
+        {
             needles.push(date.to_string());
         }
     }
@@ -60,7 +72,11 @@ fn debug_logs_of_every_process_hold_no_phone_number_and_no_test_date() {
             // that is also some case's test date.
             let line = line.split_once(' ').map_or(line, |(_, rest)| rest);
             for needle in &needles {
-                assert!(!line.contains(needle.as_str()), "{} logged {needle:?}: {line}", path.display());
+                assert!(
+                    !line.contains(needle.as_str()),
+                    "{} logged {needle:?}: {line}",
+                    path.display()
+                );
             }
         }
     }

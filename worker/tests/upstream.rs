@@ -1,0 +1,230 @@
+//! The worker's core against simulators that misbehave the way real
+//! upstreams do: 500s, HTML pages, bodies that are not JSON, truncated JSON,
+//! a `codes` array of the wrong length, a 200 carrying an error code, a
+//! timeout or a dropped connection after the codes were sent. Whatever the
+//! fault, a case is recorded sent only if it was, and nobody gets a second
+//! text.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use canotify_common::{CaseId, CheckRequest, Status};
+use canotify_simulators::faults::Fault;
+use canotify_simulators::{twilio, verification};
+use canotify_worker::{Disposition, Gate, Incoming, Worker, WorkerConfig};
+use clap::Parser;
+
+struct Rig {
+    worker: Worker,
+    twilio: twilio::TwilioSimulator,
+    verification: verification::VerificationSimulator,
+}
+
+async fn rig() -> Rig {
+    let twilio = twilio::start(twilio::TwilioConfig::default(), ([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let verification = verification::start(
+        verification::VerificationConfig::default(),
+        ([127, 0, 0, 1], 0).into(),
+    )
+    .await
+    .unwrap();
+    let config = WorkerConfig::try_parse_from([
+        "canotify-worker",
+        "--twilio-url",
+        &twilio.url(),
+        "--twilio-account-sid",
+        &twilio::TwilioConfig::default().account_sid,
+        "--twilio-auth-token",
+        &twilio::TwilioConfig::default().auth_token,
+        "--verification-url",
+        &verification.url(),
+        "--verification-api-key",
+        &verification::VerificationConfig::default().api_key,
+        "--uuid-key",
+        "upstream-test-uuid-key",
+        "--http-timeout",
+        "1s",
+        "--retry-delays",
+        "1s,1s",
+    ])
+    .unwrap();
+    Rig {
+        worker: config.build_worker().unwrap(),
+        twilio,
+        verification,
+    }
+}
+
+fn cases(tag: &str, count: u32) -> Vec<Incoming> {
+    let today = jiff::Timestamp::now()
+        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .date();
+    (0..count)
+        .map(|n| {
+            Incoming::first(CheckRequest {
+                case_id: CaseId::new(format!("{tag}-{n}")).unwrap(),
+                phone: Some(format!("(916) 4{:02}-{:04}", n % 90 + 10, n % 80)),
+                test_date: Some(today - jiff::Span::new().days(1)),
+                symptom_date: None,
+                test_type: Some("confirmed".to_owned()),
+            })
+        })
+        .collect()
+}
+
+/// Every case recorded sent has exactly one SMS under its uuid, and every
+/// SMS belongs to a case recorded sent.
+fn assert_sent_only_if_texted(dispositions: &[Disposition], rig: &Rig) -> usize {
+    let mut per_uuid: HashMap<String, usize> = HashMap::new();
+    for sms in rig.verification.ledger() {
+        *per_uuid.entry(sms.uuid).or_default() += 1;
+    }
+    let mut sent = 0;
+    for disposition in dispositions {
+        if let Disposition::Done(result) = disposition {
+            if result.status == Status::Sent {
+                sent += 1;
+                let uuid = result.verification_uuid.as_deref().unwrap();
+                assert_eq!(per_uuid.get(uuid), Some(&1), "{}", result.case_id);
+            }
+        }
+    }
+    assert_eq!(
+        per_uuid.len(),
+        sent,
+        "an SMS went to a case not recorded sent"
+    );
+    assert!(
+        per_uuid.values().all(|&n| n == 1),
+        "someone was texted twice"
+    );
+    sent
+}
+
+#[tokio::test]
+async fn every_verification_fault_ends_with_each_case_sent_exactly_once() {
+    let faults = [
+        ("server_error", Fault::ServerError),
+        ("html", Fault::HtmlErrorPage),
+        ("not_json", Fault::NotJson),
+        ("truncated", Fault::TruncatedJson),
+        ("short_codes", Fault::WrongLengthCodes),
+        ("error_in_200", Fault::ErrorCodeIn200),
+        ("issue_then_500", Fault::IssueThenServerError),
+        ("timeout", Fault::Delay(Duration::from_secs(2))),
+        ("dropped", Fault::DropConnection),
+    ];
+    for (tag, fault) in faults {
+        let rig = rig().await;
+        rig.verification.inject(fault, Some(1));
+
+        let dispositions = rig.worker.handle_batch(cases(tag, 10)).await;
+
+        let sent = assert_sent_only_if_texted(&dispositions, &rig);
+        assert_eq!(sent, 10, "{tag}: {dispositions:?}");
+        rig.twilio.shutdown().await;
+        rig.verification.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn after_an_ambiguous_failure_the_worker_asks_for_the_code_before_issuing_again() {
+    let rig = rig().await;
+    rig.verification
+        .inject(Fault::IssueThenServerError, Some(1));
+
+    let dispositions = rig.worker.handle_batch(cases("ambiguous", 4)).await;
+
+    assert_sent_only_if_texted(&dispositions, &rig);
+    assert_eq!(rig.verification.checkcodestatus_calls(), 4);
+    assert!(dispositions.iter().all(|d| matches!(d,
+        Disposition::Done(r) if r.reason.as_deref() == Some("confirmed_by_status"))));
+    // One batch call that texted, then none: the status answers sufficed.
+    assert_eq!(rig.verification.requests(), 1);
+}
+
+#[tokio::test]
+async fn a_fault_that_outlasts_the_in_process_retries_sends_the_case_round_again_unsent() {
+    let rig = rig().await;
+    rig.verification.inject(Fault::ServerError, None);
+
+    let dispositions = rig.worker.handle_batch(cases("outlasting", 3)).await;
+
+    assert!(rig.verification.ledger().is_empty());
+    for disposition in &dispositions {
+        let Disposition::Retry(retry) = disposition else {
+            panic!("expected a retry, got {disposition:?}");
+        };
+        assert_eq!(retry.attempt, 1);
+        assert!(
+            retry.known_textable,
+            "the lookup answer travels with the retry"
+        );
+        assert!(retry.ambiguous, "a 500 may have issued the code");
+    }
+}
+
+#[tokio::test]
+async fn every_twilio_fault_is_retried_and_ends_with_each_case_sent_once() {
+    let faults = [
+        ("t_server_error", Fault::ServerError),
+        ("t_html", Fault::HtmlErrorPage),
+        ("t_not_json", Fault::NotJson),
+        ("t_truncated", Fault::TruncatedJson),
+        ("t_busy", Fault::TooManyRequests),
+        ("t_timeout", Fault::Delay(Duration::from_secs(2))),
+        ("t_dropped", Fault::DropConnection),
+    ];
+    for (tag, fault) in faults {
+        let rig = rig().await;
+        rig.twilio.inject(fault, Some(2));
+
+        let dispositions = rig.worker.handle_batch(cases(tag, 5)).await;
+
+        assert_eq!(
+            assert_sent_only_if_texted(&dispositions, &rig),
+            5,
+            "{tag}: {dispositions:?}"
+        );
+        rig.twilio.shutdown().await;
+        rig.verification.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_401_from_either_upstream_shuts_the_gate_and_holds_every_case() {
+    for upstream in ["twilio", "verification"] {
+        let rig = rig().await;
+        match upstream {
+            "twilio" => rig.twilio.inject(Fault::Unauthorized, None),
+            _ => rig.verification.inject(Fault::Unauthorized, None),
+        }
+
+        let dispositions = rig.worker.handle_batch(cases(upstream, 5)).await;
+
+        assert!(
+            dispositions.iter().all(|d| *d == Disposition::Hold),
+            "{upstream}: {dispositions:?}"
+        );
+        assert!(
+            matches!(&*rig.worker.gate().borrow(), Gate::Stopped(_)),
+            "{upstream}"
+        );
+        assert!(rig.verification.ledger().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_retried_case_that_was_found_textable_costs_no_second_lookup() {
+    let rig = rig().await;
+    let mut case = cases("known", 1).pop().unwrap();
+    case.attempt = 2;
+    case.known_textable = true;
+
+    let dispositions = rig.worker.handle_batch(vec![case]).await;
+
+    assert_eq!(assert_sent_only_if_texted(&dispositions, &rig), 1);
+    assert_eq!(rig.twilio.paid_lookups(), 0);
+}
