@@ -4,10 +4,12 @@
 //! requeue or purge. The binary `canotify` is a thin shell over these
 //! modules.
 
+pub mod chaos;
 pub mod demo;
 pub mod dlq;
 pub mod ledger;
 pub mod preflight;
 pub mod proxy;
 pub mod seed;
+pub mod stack;
 pub mod status;

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use canotify_cli::dlq::{self, Confirm, DeadLetters, DlqArgs, SelectArgs};
-use canotify_cli::{demo, seed, status};
+use canotify_cli::{chaos, demo, seed, status};
 use canotify_common::config::WarehouseArgs;
 use canotify_common::warehouse::{PostgresWarehouse, Warehouse};
 use clap::{Parser, Subcommand};
@@ -39,6 +39,9 @@ enum Command {
     },
     /// Run the whole pipeline locally against simulators, then summarise.
     Demo(demo::DemoArgs),
+    /// Run the pipeline locally under worker kills, broker cuts, upstream
+    /// errors and a rate limit, then prove nothing was lost or sent twice.
+    Chaos(chaos::ChaosArgs),
     /// Inspect, requeue or purge the dead letters in `{prefix}.dead`.
     Dlq {
         #[command(subcommand)]
@@ -147,6 +150,20 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     "canotify demo: FAILED: {} unresolved, {} duplicate SMS",
                     summary.unresolved, summary.duplicate_sms
                 );
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Command::Chaos(args) => {
+            let json = args.json;
+            let summary = chaos::run(args).await?;
+            println!("{}", chaos::render(&summary));
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            }
+            if summary.passed() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("canotify chaos: FAILED");
                 Ok(ExitCode::FAILURE)
             }
         }
