@@ -124,7 +124,9 @@ impl ChaosSummary {
 pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosSummary> {
     let broker_addr = broker_address(args.amqp_url.expose())?;
     let proxy = Proxy::start(broker_addr).await?;
-    let per_worker_share = (args.rate_limit_per_minute * 9 / 10).max(1);
+    // Under the server's limit, with room for the replacements of killed
+    // workers; the workers share it among themselves.
+    let shared_rate = (args.rate_limit_per_minute * 3 / 4).max(1);
     let mut stack = Stack::start(StackOptions {
         name: "chaos",
         cases: args.cases,
@@ -147,10 +149,9 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosSummary> {
             seed: args.seed.wrapping_add(1),
             ..verification::VerificationConfig::default()
         },
-        // Slightly under the server's limit, shared by all the workers.
         worker_env: vec![(
             "CANOTIFY_VERIFICATION_REQUESTS_PER_MINUTE",
-            per_worker_share.to_string(),
+            shared_rate.to_string(),
         )],
     })
     .await?;

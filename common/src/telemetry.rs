@@ -30,24 +30,40 @@ pub struct LogArgs {
 
 /// Installs the global subscriber. Fails if the filter does not parse.
 pub fn init(args: &LogArgs) -> Result<(), String> {
-    // lapin traces whole frames, message bodies included, so it is held
-    // at debug whatever the filter asks. Records of the `log` crate (where
-    // tokio-postgres logs bound parameters) are deliberately not bridged.
-    let filter = EnvFilter::try_new(&args.filter)
-        .map_err(|err| format!("invalid log filter {:?}: {err}", args.filter))?
-        .add_directive("lapin=debug".parse().expect("a valid directive"))
-        .add_directive("amq_protocol=debug".parse().expect("a valid directive"));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{Layer, filter};
+
+    let directives = EnvFilter::try_new(&args.filter)
+        .map_err(|err| format!("invalid log filter {:?}: {err}", args.filter))?;
+
+    // lapin traces whole frames, message bodies included, so its trace
+    // level stays off whatever the filter asks. Records of the `log` crate
+    // (where tokio-postgres logs bound parameters) are deliberately not
+    // bridged.
+    let no_frames = filter::filter_fn(|meta| {
+        *meta.level() != tracing::Level::TRACE
+            || !(meta.target().starts_with("lapin") || meta.target().starts_with("amq_protocol"))
+    });
+
     // Colour only for a person at a terminal; files and log drivers get
     // plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let result = match args.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let layer = match args.format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
-    result.map_err(|err| format!("cannot install the logger: {err}"))
+    tracing_subscriber::registry()
+        .with(layer.with_filter(directives).with_filter(no_frames))
+        .try_init()
+        .map_err(|err| format!("cannot install the logger: {err}"))
 }
 
 /// Shows an error with its whole cause chain (`outer: inner: root`), for

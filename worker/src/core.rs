@@ -220,7 +220,17 @@ impl Worker {
             let mine = f64::from(per_minute.max(1)) / f64::from(workers.max(1));
             Duration::from_secs_f64(60.0 / mine)
         });
-        *self.request_interval.lock().expect("never poisoned") = interval;
+        let mut current = self.request_interval.lock().expect("never poisoned");
+        // A worker's first request waits one interval too, so replicas
+        // that start together do not all spend the realm's rate at once.
+        if current.is_none()
+            && let Some(interval) = interval
+        {
+            if let Ok(mut next) = self.next_request_slot.try_lock() {
+                *next = Instant::now() + interval;
+            }
+        }
+        *current = interval;
     }
 
     /// Checks every case, then issues the textable ones in batches of ten.
