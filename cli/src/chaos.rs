@@ -9,10 +9,8 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use canotify_common::broker::QueueType;
 use canotify_common::config::{BrokerArgs, parse_duration};
 use canotify_common::{Secret, Status};
 use canotify_simulators::{twilio, verification};
@@ -21,7 +19,7 @@ use serde::Serialize;
 use crate::dlq::DeadLetters;
 use crate::ledger;
 use crate::proxy::Proxy;
-use crate::stack::{Stack, StackOptions};
+use crate::stack::{LocalArgs, Stack, StackOptions};
 
 /// Short retry delays, so cases that fail come round within the run.
 const RETRY_DELAYS: &str = "2s,5s,10s";
@@ -57,39 +55,8 @@ pub struct ChaosArgs {
     #[arg(long, default_value = "90m", value_parser = parse_duration)]
     pub timeout: Duration,
 
-    /// Type of the work queues.
-    #[arg(long, value_enum, default_value = "quorum")]
-    pub queue_type: QueueType,
-
-    /// Seed of the case generator.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-
-    /// Keep the schema, queues and logs afterwards.
-    #[arg(long)]
-    pub keep: bool,
-
-    /// Folder holding canotify-producer, canotify-worker and canotify-writer.
-    #[arg(long)]
-    pub bin_dir: Option<PathBuf>,
-
-    /// AMQP URL of the local RabbitMQ (the processes reach it through a proxy).
-    #[arg(
-        long,
-        env = "CANOTIFY_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_default_value = true
-    )]
-    pub amqp_url: Secret,
-
-    /// URL of the local PostgreSQL.
-    #[arg(
-        long,
-        env = "CANOTIFY_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/test",
-        hide_default_value = true
-    )]
-    pub database_url: Secret,
+    #[command(flatten)]
+    pub local: LocalArgs,
 }
 
 /// What the run proved, every figure counted from the outcome table, the
@@ -122,7 +89,7 @@ impl ChaosSummary {
 }
 
 pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosSummary> {
-    let broker_addr = broker_address(args.amqp_url.expose())?;
+    let broker_addr = broker_address(args.local.amqp_url.expose())?;
     let proxy = Proxy::start(broker_addr).await?;
     // Under the server's limit, with room for the replacements of killed
     // workers; the workers share it among themselves.
@@ -130,23 +97,17 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosSummary> {
     let mut stack = Stack::start(StackOptions {
         name: "chaos",
         cases: args.cases,
-        seed: args.seed,
-        queue_type: args.queue_type,
-        amqp_url: args.amqp_url.clone(),
-        database_url: args.database_url.clone(),
-        bin_dir: args.bin_dir.clone(),
-        log_dir: None,
-        child_log: "info".to_owned(),
+        local: args.local.clone(),
         retry_delays: RETRY_DELAYS,
         twilio: twilio::TwilioConfig {
             error_rate: args.error_rate,
-            seed: args.seed,
+            seed: args.local.seed,
             ..twilio::TwilioConfig::default()
         },
         verification: verification::VerificationConfig {
             item_error_rate: args.error_rate,
             rate_limit_per_minute: Some(args.rate_limit_per_minute),
-            seed: args.seed.wrapping_add(1),
+            seed: args.local.seed.wrapping_add(1),
             ..verification::VerificationConfig::default()
         },
         worker_env: vec![(
@@ -155,7 +116,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosSummary> {
         )],
     })
     .await?;
-    stack.child_amqp_url = Secret::new(through_proxy(args.amqp_url.expose(), proxy.addr()));
+    stack.child_amqp_url = Secret::new(through_proxy(args.local.amqp_url.expose(), proxy.addr()));
 
     let started = Instant::now();
     let mut kills = 0u64;
@@ -173,7 +134,9 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosSummary> {
 
     let summary = summarize(&args, &stack, &proxy, kills, elapsed).await;
     let passed = summary.as_ref().is_ok_and(ChaosSummary::passed);
-    stack.finish(args.keep, outcome.is_ok() && passed).await;
+    stack
+        .finish(args.local.keep, outcome.is_ok() && passed)
+        .await;
     outcome?;
     summary
 }
@@ -186,7 +149,7 @@ async fn torment(
     started: Instant,
     kills: &mut u64,
 ) -> anyhow::Result<()> {
-    let mut rng = fastrand::Rng::with_seed(args.seed);
+    let mut rng = fastrand::Rng::with_seed(args.local.seed);
     let mut next_kill = Instant::now() + args.kill_every;
     let mut last_print = Instant::now();
     let total = args.cases as u64;
@@ -256,9 +219,9 @@ async fn summarize(
         .map(|o| o.case_id)
         .collect();
     let dead_letters = DeadLetters::connect(&BrokerArgs {
-        amqp_url: args.amqp_url.clone(),
+        amqp_url: args.local.amqp_url.clone(),
         queue_prefix: stack.prefix.clone(),
-        queue_type: args.queue_type,
+        queue_type: args.local.queue_type,
         retry_delays: stack.topology.retry_delays().to_vec(),
     })
     .await?;

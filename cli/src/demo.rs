@@ -6,18 +6,16 @@
 //! ledger.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use canotify_common::broker::QueueType;
+use canotify_common::Status;
 use canotify_common::config::parse_duration;
 use canotify_common::warehouse::OutcomeCounts;
-use canotify_common::{Secret, Status};
 use canotify_simulators::{twilio, verification};
 use serde::Serialize;
 
 use crate::ledger;
-use crate::stack::{PeakRss, Stack, StackOptions};
+use crate::stack::{LocalArgs, PeakRss, Stack, StackOptions};
 
 /// The one-text-per-person window the demo's producer uses, in days.
 pub const WINDOW_DAYS: u32 = 14;
@@ -43,49 +41,8 @@ pub struct DemoArgs {
     #[arg(long, default_value = "20m", value_parser = parse_duration)]
     pub timeout: Duration,
 
-    /// Type of the demo's work queues.
-    #[arg(long, value_enum, default_value = "quorum")]
-    pub queue_type: QueueType,
-
-    /// Seed of the case generator.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-
-    /// Keep the demo's schema and queues afterwards, for inspection.
-    #[arg(long)]
-    pub keep: bool,
-
-    /// Folder for the processes' logs, kept afterwards; by default a
-    /// temporary folder, removed after a run that passed.
-    #[arg(long)]
-    pub log_dir: Option<PathBuf>,
-
-    /// Log filter of the producer, workers and writer.
-    #[arg(long, default_value = "info")]
-    pub child_log: String,
-
-    /// Folder holding canotify-producer, canotify-worker and canotify-writer;
-    /// by default the folder of this `canotify` binary.
-    #[arg(long)]
-    pub bin_dir: Option<PathBuf>,
-
-    /// AMQP URL of the local RabbitMQ.
-    #[arg(
-        long,
-        env = "CANOTIFY_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_default_value = true
-    )]
-    pub amqp_url: Secret,
-
-    /// URL of the local PostgreSQL.
-    #[arg(
-        long,
-        env = "CANOTIFY_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/test",
-        hide_default_value = true
-    )]
-    pub database_url: Secret,
+    #[command(flatten)]
+    pub local: LocalArgs,
 }
 
 /// The demo's figures, every one counted from the warehouse or the ledger.
@@ -140,13 +97,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     let mut stack = Stack::start(StackOptions {
         name: "demo",
         cases: args.cases,
-        seed: args.seed,
-        queue_type: args.queue_type,
-        amqp_url: args.amqp_url.clone(),
-        database_url: args.database_url.clone(),
-        bin_dir: args.bin_dir.clone(),
-        log_dir: args.log_dir.clone(),
-        child_log: args.child_log.clone(),
+        local: args.local.clone(),
         retry_delays: RETRY_DELAYS,
         twilio: twilio::TwilioConfig::default(),
         verification: verification::VerificationConfig::default(),
@@ -177,7 +128,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     summary.peak_rss_kib = peak;
 
     stack
-        .finish(args.keep, outcome.is_ok() && summary.passed())
+        .finish(args.local.keep, outcome.is_ok() && summary.passed())
         .await;
     outcome?;
     Ok(summary)

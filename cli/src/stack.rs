@@ -18,18 +18,61 @@ use tokio::process::{Child, Command};
 
 use crate::{preflight, seed};
 
+/// Where a local stack runs and what it keeps, shared by `demo` and
+/// `chaos`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct LocalArgs {
+    /// Type of the work queues.
+    #[arg(long, value_enum, default_value = "quorum")]
+    pub queue_type: QueueType,
+
+    /// Seed of the case generator.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+
+    /// Keep the schema, queues and logs afterwards, for inspection.
+    #[arg(long)]
+    pub keep: bool,
+
+    /// Folder for the processes' logs, kept afterwards; by default a
+    /// temporary folder, removed after a run that passed.
+    #[arg(long)]
+    pub log_dir: Option<PathBuf>,
+
+    /// Log filter of the producer, workers and writer.
+    #[arg(long, default_value = "info")]
+    pub child_log: String,
+
+    /// Folder holding canotify-producer, canotify-worker and canotify-writer;
+    /// by default the folder of this `canotify` binary.
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+
+    /// AMQP URL of the local RabbitMQ.
+    #[arg(
+        long,
+        env = "CANOTIFY_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_default_value = true
+    )]
+    pub amqp_url: Secret,
+
+    /// URL of the local PostgreSQL.
+    #[arg(
+        long,
+        env = "CANOTIFY_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/test",
+        hide_default_value = true
+    )]
+    pub database_url: Secret,
+}
+
 /// What a stack is made of.
 pub struct StackOptions {
     /// `demo` or `chaos`: names the schema, the prefix and the log lines.
     pub name: &'static str,
     pub cases: usize,
-    pub seed: u64,
-    pub queue_type: QueueType,
-    pub amqp_url: Secret,
-    pub database_url: Secret,
-    pub bin_dir: Option<PathBuf>,
-    pub log_dir: Option<PathBuf>,
-    pub child_log: String,
+    pub local: LocalArgs,
     pub retry_delays: &'static str,
     pub twilio: twilio::TwilioConfig,
     pub verification: verification::VerificationConfig,
@@ -57,10 +100,10 @@ pub struct Stack {
 impl Stack {
     /// Checks the broker and database, starts the simulators, and seeds.
     pub async fn start(options: StackOptions) -> anyhow::Result<Self> {
-        preflight::check(&options.amqp_url, &options.database_url)
+        preflight::check(&options.local.amqp_url, &options.local.database_url)
             .await
             .map_err(anyhow::Error::msg)?;
-        let bin_dir = match &options.bin_dir {
+        let bin_dir = match &options.local.bin_dir {
             Some(dir) => dir.clone(),
             None => std::env::current_exe()?
                 .parent()
@@ -83,7 +126,7 @@ impl Stack {
         );
         let schema = format!("canotify_{}_{suffix}", options.name);
         let prefix = format!("canotify-{}-{suffix}", options.name);
-        let log_dir = options.log_dir.clone().unwrap_or_else(|| {
+        let log_dir = options.local.log_dir.clone().unwrap_or_else(|| {
             std::env::temp_dir().join(format!("canotify-{}-{suffix}", options.name))
         });
         std::fs::create_dir_all(&log_dir)?;
@@ -92,21 +135,21 @@ impl Stack {
             .split(',')
             .map(|d| parse_duration(d).map_err(anyhow::Error::msg))
             .collect::<anyhow::Result<_>>()?;
-        let topology = Topology::new(&prefix, options.queue_type)?.with_retry_delays(&delays);
+        let topology = Topology::new(&prefix, options.local.queue_type)?.with_retry_delays(&delays);
 
         let twilio = twilio::start(options.twilio.clone(), ([127, 0, 0, 1], 0).into()).await?;
         let verification =
             verification::start(options.verification.clone(), ([127, 0, 0, 1], 0).into()).await?;
-        let warehouse = PostgresWarehouse::connect(&options.database_url, &schema).await?;
+        let warehouse = PostgresWarehouse::connect(&options.local.database_url, &schema).await?;
         warehouse.migrate().await?;
-        let cases: Vec<_> = seed::generate(options.cases, options.seed, seed::today_utc())
+        let cases: Vec<_> = seed::generate(options.cases, options.local.seed, seed::today_utc())
             .into_iter()
             .map(|c| c.case)
             .collect();
         warehouse.insert_cases(&cases).await?;
 
         let stack = Self {
-            child_amqp_url: options.amqp_url.clone(),
+            child_amqp_url: options.local.amqp_url.clone(),
             schema,
             prefix,
             log_dir,
@@ -184,7 +227,7 @@ impl Stack {
         } else {
             let _ = self.warehouse.drop_schema().await;
             if let Ok(connection) =
-                broker::connect(&self.options.amqp_url, "canotify-cleanup").await
+                broker::connect(&self.options.local.amqp_url, "canotify-cleanup").await
             {
                 if let Ok(channel) = connection.create_channel().await {
                     let _ = self.topology.delete(&channel).await;
@@ -192,7 +235,7 @@ impl Stack {
                 let _ = connection.close(200, "done".into()).await;
             }
         }
-        if passed && !keep && self.options.log_dir.is_none() {
+        if passed && !keep && self.options.local.log_dir.is_none() {
             let _ = std::fs::remove_dir_all(&self.log_dir);
         } else {
             self.say(&format!(
@@ -222,7 +265,7 @@ impl Stack {
                 command.env_remove(key);
             }
         }
-        let queue_type = match self.options.queue_type {
+        let queue_type = match self.options.local.queue_type {
             QueueType::Quorum => "quorum",
             QueueType::Classic => "classic",
         };
@@ -231,10 +274,13 @@ impl Stack {
             .env("CANOTIFY_QUEUE_PREFIX", &self.prefix)
             .env("CANOTIFY_QUEUE_TYPE", queue_type)
             .env("CANOTIFY_RETRY_DELAYS", self.options.retry_delays)
-            .env("CANOTIFY_DATABASE_URL", self.options.database_url.expose())
+            .env(
+                "CANOTIFY_DATABASE_URL",
+                self.options.local.database_url.expose(),
+            )
             .env("CANOTIFY_SCHEMA", &self.schema)
             .env("CANOTIFY_POLL_INTERVAL", "1s")
-            .env("CANOTIFY_LOG", &self.options.child_log)
+            .env("CANOTIFY_LOG", &self.options.local.child_log)
             .env("CANOTIFY_TWILIO_URL", self.twilio.url())
             .env(
                 "CANOTIFY_TWILIO_ACCOUNT_SID",

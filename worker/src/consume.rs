@@ -146,7 +146,7 @@ pub async fn consume(
             Err(err) => break 'session SessionEnd::BrokerLost(err),
         };
         let tag = consumer.tag();
-        share_request_rate(&worker, &channel, topology).await;
+        share_request_rate(&worker, channel, topology).await;
         info!(queue = %topology.checks(), prefetch = options.prefetch, "worker consuming");
         let mut refresh = tokio::time::interval_at(
             tokio::time::Instant::now() + RATE_SHARE_REFRESH,
@@ -165,7 +165,7 @@ pub async fn consume(
                         continue 'session;
                     }
                 }
-                _ = refresh.tick() => share_request_rate(&worker, &channel, topology).await,
+                _ = refresh.tick() => share_request_rate(&worker, channel, topology).await,
                 next = consumer.next() => match next {
                     None => break SessionEnd::BrokerLost(lapin::ErrorKind::InvalidChannelState(
                         lapin::ChannelState::Closed, "consumer").into()),

@@ -225,10 +225,9 @@ impl Worker {
         // that start together do not all spend the realm's rate at once.
         if current.is_none()
             && let Some(interval) = interval
+            && let Ok(mut next) = self.next_request_slot.try_lock()
         {
-            if let Ok(mut next) = self.next_request_slot.try_lock() {
-                *next = Instant::now() + interval;
-            }
+            *next = Instant::now() + interval;
         }
         *current = interval;
     }

@@ -83,12 +83,12 @@ fn assert_sent_only_if_texted(dispositions: &[Disposition], rig: &Rig) -> usize 
     }
     let mut sent = 0;
     for disposition in dispositions {
-        if let Disposition::Done(result) = disposition {
-            if result.status == Status::Sent {
-                sent += 1;
-                let uuid = result.verification_uuid.as_deref().unwrap();
-                assert_eq!(per_uuid.get(uuid), Some(&1), "{}", result.case_id);
-            }
+        if let Disposition::Done(result) = disposition
+            && result.status == Status::Sent
+        {
+            sent += 1;
+            let uuid = result.verification_uuid.as_deref().unwrap();
+            assert_eq!(per_uuid.get(uuid), Some(&1), "{}", result.case_id);
         }
     }
     assert_eq!(
