@@ -9,7 +9,6 @@
 //!                               └─▶ {prefix}.dead (classic, for inspection)
 //! ```
 
-use crate::telemetry::Chain;
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -24,6 +23,7 @@ use lapin::{
 
 use crate::Secret;
 use crate::config::redact_url;
+use crate::telemetry::Chain;
 
 /// The header in which canotify counts attempts itself: the broker's own
 /// `x-death` count is unreliable once messages are republished.

@@ -8,12 +8,12 @@
 //! between claiming and publishing loses nothing, and a case published twice
 //! is harmless because the worker's verification uuid stops a second text.
 
-use canotify_common::telemetry::Chain;
 use std::time::Duration;
 
 use canotify_common::broker::{self, Outgoing, Publisher, Topology};
 use canotify_common::config::{BrokerArgs, WarehouseArgs, parse_duration};
 use canotify_common::phone::Region;
+use canotify_common::telemetry::Chain;
 use canotify_common::telemetry::LogArgs;
 use canotify_common::warehouse::{ClaimRequest, PostgresWarehouse, Warehouse, WarehouseError};
 use canotify_common::{CaseId, Shutdown};

@@ -1,7 +1,8 @@
 //! The consume loop around the worker's core: deliveries from the checks
-//! queue go through `Worker::check` one by one; textable cases gather into
-//! batches of up to ten (or whatever arrived within the linger) for
-//! `Worker::issue`. What became of each case is published with a confirm (a
+//! queue go through `Worker::screen` one by one (no call leaves the
+//! process); the candidates gather into batches of up to ten (or whatever
+//! arrived within the linger) for `Worker::process`, which looks them up and
+//! issues the textable ones. What became of each case is published with a confirm (a
 //! result, a retry on a wait queue, or a result and a dead letter), and only
 //! then is its delivery acked, so a crash anywhere means redelivery.
 //!
@@ -9,7 +10,6 @@
 //! loop cancels its consumer, so the cases wait in the queue for a worker
 //! that can serve them, and consumes again once the gate opens.
 
-use canotify_common::telemetry::Chain;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -31,8 +31,9 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::core::{Checked, Disposition, Gate, Incoming, Retry, Textable, Worker};
+use crate::core::{Candidate, Disposition, Gate, Incoming, Retry, Screened, Worker};
 use crate::verification::MAX_BATCH;
+use canotify_common::telemetry::Chain;
 
 /// Set on a retried case whose number an earlier attempt found textable, so
 /// the retry does not pay for a second lookup.
@@ -89,7 +90,7 @@ pub async fn consume(
         unsettled: Arc::new(AtomicUsize::new(0)),
     };
     let (batch_tx, batch_rx) =
-        mpsc::channel::<(Delivery, Textable)>(usize::from(options.prefetch).max(MAX_BATCH));
+        mpsc::channel::<(Delivery, Candidate)>(usize::from(options.prefetch).max(MAX_BATCH));
     let batcher = tokio::spawn(batch_and_issue(
         worker.clone(),
         batch_rx,
@@ -289,7 +290,7 @@ async fn check_one(
     worker: &Worker,
     delivery: Delivery,
     settle: &Settler,
-    batch_tx: &mpsc::Sender<(Delivery, Textable)>,
+    batch_tx: &mpsc::Sender<(Delivery, Candidate)>,
 ) {
     let request: CheckRequest = match serde_json::from_slice(&delivery.data) {
         Ok(request) => request,
@@ -303,9 +304,9 @@ async fn check_one(
     let case = incoming(request, &delivery);
 
     async {
-        match worker.check(&case).await {
-            Checked::Finished(disposition) => settle.settle(vec![(delivery, disposition)]).await,
-            Checked::Textable(case) => {
+        match worker.screen(&case) {
+            Screened::Finished(disposition) => settle.settle(vec![(delivery, disposition)]).await,
+            Screened::Candidate(case) => {
                 // The batcher is gone only during shutdown; the delivery then
                 // goes back to the queue.
                 if let Err(mpsc::error::SendError((delivery, _))) =
@@ -324,7 +325,7 @@ async fn check_one(
 /// time.
 async fn batch_and_issue(
     worker: Arc<Worker>,
-    mut rx: mpsc::Receiver<(Delivery, Textable)>,
+    mut rx: mpsc::Receiver<(Delivery, Candidate)>,
     settle: Settler,
     options: ConsumeOptions,
 ) {
@@ -346,9 +347,9 @@ async fn batch_and_issue(
         let settle = settle.clone();
         issuing.spawn(async move {
             let _permit = permit;
-            let (deliveries, cases): (Vec<Delivery>, Vec<Textable>) = batch.into_iter().unzip();
-            debug!(cases = cases.len(), "issuing a batch");
-            let dispositions = worker.issue(cases).await;
+            let (deliveries, cases): (Vec<Delivery>, Vec<Candidate>) = batch.into_iter().unzip();
+            debug!(cases = cases.len(), "processing a batch");
+            let dispositions = worker.process(cases).await;
             settle
                 .settle(deliveries.into_iter().zip(dispositions).collect())
                 .await;

@@ -1,7 +1,8 @@
 //! The worker's core, the middle of producer -> worker -> writer: given
-//! cases, decide what happens to each. A case is checked on its own
-//! (phone, test type, line type), then textable cases are issued together
-//! in batches of at most ten. The consume loop around this is thin, so tests
+//! cases, decide what happens to each. A case is screened on its own (phone,
+//! test type) at no cost; candidates then go in batches of at most ten,
+//! looked up just before the batch is issued, so the paid lookups are never
+//! far ahead of the issuing and a killed worker wastes few of them. The consume loop around this is thin, so tests
 //! drive these functions directly.
 //!
 //! Faults are sorted where they are met: a retryable one is retried here a
@@ -9,7 +10,6 @@
 //! spent quota or refused credentials close the worker's gate, and the cases
 //! in hand go back to the queue unspent.
 
-use canotify_common::telemetry::Chain;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +29,7 @@ use crate::verification::{
     BatchVerdict, CodeStatus, IssueRequest, ItemVerdict, MAX_BATCH, VerificationClient,
     is_ambiguous,
 };
+use canotify_common::telemetry::Chain;
 
 /// The longest a worker waits on one rate-limit answer before asking again.
 const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
@@ -122,18 +123,28 @@ impl Disposition {
     }
 }
 
-/// A case that passed every check and waits to be issued.
+/// A case whose phone and test type are fine: it waits for a batch, whose
+/// lookups are made just before the batch is issued, so a worker killed
+/// while cases wait has paid for no lookup of theirs.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    pub incoming: Incoming,
+    pub phone: E164,
+    pub issue: IssueRequest,
+}
+
+/// What the checks that cost nothing say of a case.
+#[derive(Clone, Debug)]
+pub enum Screened {
+    Candidate(Box<Candidate>),
+    Finished(Disposition),
+}
+
+/// A candidate the lookup found textable.
 #[derive(Clone, Debug)]
 pub struct Textable {
     pub incoming: Incoming,
     pub issue: IssueRequest,
-}
-
-/// The result of checking one case.
-#[derive(Clone, Debug)]
-pub enum Checked {
-    Textable(Box<Textable>),
-    Finished(Disposition),
 }
 
 /// A fault no retry can fix: the worker stops taking work until an operator
@@ -232,23 +243,21 @@ impl Worker {
         *current = interval;
     }
 
-    /// Checks every case, then issues the textable ones in batches of ten.
-    /// Answers in the order of `cases`.
+    /// Screens every case, then processes the candidates in batches of
+    /// ten. Answers in the order of `cases`.
     pub async fn handle_batch(&self, cases: Vec<Incoming>) -> Vec<Disposition> {
-        let checked = join_all(cases.iter().map(|case| self.check(case))).await;
-
         let mut answers: Vec<Option<Disposition>> = vec![None; cases.len()];
-        let mut textable = Vec::new();
-        for (index, checked) in checked.into_iter().enumerate() {
-            match checked {
-                Checked::Finished(disposition) => answers[index] = Some(disposition),
-                Checked::Textable(case) => textable.push((index, *case)),
+        let mut candidates = Vec::new();
+        for (index, case) in cases.iter().enumerate() {
+            match self.screen(case) {
+                Screened::Finished(disposition) => answers[index] = Some(disposition),
+                Screened::Candidate(candidate) => candidates.push((index, *candidate)),
             }
         }
 
-        for chunk in textable.chunks(MAX_BATCH) {
-            let (indexes, batch): (Vec<usize>, Vec<Textable>) = chunk.iter().cloned().unzip();
-            for (index, disposition) in indexes.into_iter().zip(self.issue(batch).await) {
+        for chunk in candidates.chunks(MAX_BATCH) {
+            let (indexes, batch): (Vec<usize>, Vec<Candidate>) = chunk.iter().cloned().unzip();
+            for (index, disposition) in indexes.into_iter().zip(self.process(batch).await) {
                 answers[index] = Some(disposition);
             }
         }
@@ -258,13 +267,12 @@ impl Worker {
             .collect()
     }
 
-    /// Checks one case without texting anyone: its phone, its test type and
-    /// (a paid call, only when the rest is fine and no recent answer is
-    /// known) its line type.
-    pub async fn check(&self, case: &Incoming) -> Checked {
+    /// The checks that cost nothing: the phone must be a real number and
+    /// the test type one the server knows.
+    pub fn screen(&self, case: &Incoming) -> Screened {
         let request = &case.request;
         let finish = |status: Status, reason: &str| {
-            Checked::Finished(Disposition::Done(
+            Screened::Finished(Disposition::Done(
                 CaseResult::new(request.case_id.clone(), status, case.attempt).with_reason(reason),
             ))
         };
@@ -277,28 +285,6 @@ impl Worker {
         let Some(test_type) = request.test_type.as_deref().and_then(TestType::parse) else {
             return finish(Status::Rejected, "invalid_test_type");
         };
-        if !self.gate.borrow().is_open() {
-            return Checked::Finished(Disposition::Hold);
-        }
-
-        let verdict = if case.known_textable {
-            Ok(LineCheck::Textable)
-        } else {
-            self.look_up(&phone).await
-        };
-        match verdict {
-            Ok(LineCheck::Textable) => {}
-            Ok(LineCheck::NotTextable { reason }) => return finish(Status::NotTextable, &reason),
-            Ok(LineCheck::Invalid { reason }) => return finish(Status::InvalidPhone, &reason),
-            Err(err @ LookupError::Unauthorized { .. }) => {
-                self.stop(Fatal::Lookup(err));
-                return Checked::Finished(Disposition::Hold);
-            }
-            Err(err) => {
-                warn!(case_id = %request.case_id, phone = %phone, error = %Chain(&err), "lookup retries ran out");
-                return Checked::Finished(self.retry_or_give_up(case, err.reason(), false, false));
-            }
-        }
 
         let issue = IssueRequest {
             test_type: test_type.as_str().to_owned(),
@@ -309,10 +295,86 @@ impl Worker {
             uuid: verification_uuid::derive(&self.settings.uuid_key, &request.case_id),
             sms_template_label: self.settings.sms_template_label.clone(),
         };
-        Checked::Textable(Box::new(Textable {
+        Screened::Candidate(Box::new(Candidate {
             incoming: case.clone(),
+            phone,
             issue,
         }))
+    }
+
+    /// Processes one batch of at most ten candidates: waits for this
+    /// worker's turn at the verification server, looks each number up (a
+    /// paid call, unless a recent answer is known), and issues the textable
+    /// ones in one call.
+    pub async fn process(&self, batch: Vec<Candidate>) -> Vec<Disposition> {
+        assert!(
+            batch.len() <= MAX_BATCH,
+            "a batch holds at most {MAX_BATCH} cases"
+        );
+        if !self.gate.borrow().is_open() {
+            return vec![Disposition::Hold; batch.len()];
+        }
+        self.wait_out_rate_limit().await;
+        self.wait_for_request_slot().await;
+
+        let verdicts = join_all(batch.iter().map(|c| self.check_line(c))).await;
+        let mut answers: Vec<Option<Disposition>> = vec![None; batch.len()];
+        let mut textable = Vec::new();
+        for (index, (candidate, verdict)) in batch.into_iter().zip(verdicts).enumerate() {
+            match verdict {
+                None => textable.push((
+                    index,
+                    Textable {
+                        incoming: candidate.incoming,
+                        issue: candidate.issue,
+                    },
+                )),
+                Some(disposition) => answers[index] = Some(disposition),
+            }
+        }
+
+        if !textable.is_empty() {
+            let (indexes, cases): (Vec<usize>, Vec<Textable>) = textable.into_iter().unzip();
+            for (index, disposition) in indexes.into_iter().zip(self.issue_now(cases).await) {
+                answers[index] = Some(disposition);
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| a.expect("every candidate is answered"))
+            .collect()
+    }
+
+    /// The lookup's verdict on one candidate: `None` when it is textable,
+    /// else what becomes of it.
+    async fn check_line(&self, candidate: &Candidate) -> Option<Disposition> {
+        let case = &candidate.incoming;
+        let finish = |status: Status, reason: &str| {
+            Some(Disposition::Done(
+                CaseResult::new(case.request.case_id.clone(), status, case.attempt)
+                    .with_reason(reason),
+            ))
+        };
+        if case.known_textable {
+            return None;
+        }
+        if !self.gate.borrow().is_open() {
+            return Some(Disposition::Hold);
+        }
+
+        match self.look_up(&candidate.phone).await {
+            Ok(LineCheck::Textable) => None,
+            Ok(LineCheck::NotTextable { reason }) => finish(Status::NotTextable, &reason),
+            Ok(LineCheck::Invalid { reason }) => finish(Status::InvalidPhone, &reason),
+            Err(err @ LookupError::Unauthorized { .. }) => {
+                self.stop(Fatal::Lookup(err));
+                Some(Disposition::Hold)
+            }
+            Err(err) => {
+                warn!(case_id = %case.request.case_id, phone = %candidate.phone, error = %Chain(&err), "lookup retries ran out");
+                Some(self.retry_or_give_up(case, err.reason(), false, false))
+            }
+        }
     }
 
     /// A lookup answer for `phone`: a recent one from the cache, or a paid
@@ -357,10 +419,17 @@ impl Worker {
     /// again, the server is asked whether the code exists. What still fails
     /// goes to a wait queue or, on its last attempt, is given up.
     pub async fn issue(&self, batch: Vec<Textable>) -> Vec<Disposition> {
+        self.wait_for_request_slot().await;
+        self.issue_now(batch).await
+    }
+
+    /// `issue`, once this worker's turn for the first request has come.
+    async fn issue_now(&self, batch: Vec<Textable>) -> Vec<Disposition> {
         assert!(
             batch.len() <= MAX_BATCH,
             "a batch holds at most {MAX_BATCH} cases"
         );
+        let mut first_request = true;
         let mut answers: Vec<Option<Disposition>> = vec![None; batch.len()];
         let mut last_reason: Vec<String> = vec![String::new(); batch.len()];
         let mut ambiguous: Vec<bool> = batch.iter().map(|c| c.incoming.ambiguous).collect();
@@ -409,7 +478,9 @@ impl Worker {
                 break;
             }
 
-            self.wait_for_request_slot().await;
+            if !std::mem::take(&mut first_request) {
+                self.wait_for_request_slot().await;
+            }
             let tz_offset = timezone::offset_minutes(&self.settings.time_zone, Timestamp::now());
             let codes: Vec<IssueRequest> = to_send
                 .iter()

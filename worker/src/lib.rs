@@ -10,7 +10,6 @@ pub mod core;
 pub mod lookup;
 pub mod verification;
 
-use canotify_common::telemetry::Chain;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +24,7 @@ pub use crate::consume::{ConsumeOptions, SessionEnd};
 pub use crate::core::{Disposition, Fatal, Gate, Incoming, Settings, Worker};
 use crate::lookup::LookupClient;
 use crate::verification::VerificationClient;
+use canotify_common::telemetry::Chain;
 
 #[derive(Clone, Debug, clap::Parser)]
 #[command(

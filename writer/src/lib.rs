@@ -4,12 +4,12 @@
 //! the whole batch with `multiple` only after the commit. A result that
 //! arrives twice changes nothing; a `sent` outcome is never overwritten.
 
-use canotify_common::telemetry::Chain;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use canotify_common::broker::{self, BrokerError, Publisher, Topology};
 use canotify_common::config::{BrokerArgs, WarehouseArgs, parse_duration};
+use canotify_common::telemetry::Chain;
 use canotify_common::telemetry::LogArgs;
 use canotify_common::warehouse::{PostgresWarehouse, Warehouse, WarehouseError};
 use canotify_common::{CaseResult, Shutdown};

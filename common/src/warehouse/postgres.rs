@@ -3,7 +3,6 @@
 //! call after it breaks; every value is a bound parameter, and batches go
 //! as arrays unnested in SQL, so a batch is one statement.
 
-use crate::telemetry::Chain;
 use std::collections::HashMap;
 use std::future::Future;
 
@@ -15,6 +14,7 @@ use super::{
     Warehouse, WarehouseError, plan_claims, quote_schema,
 };
 use crate::config::redact_url;
+use crate::telemetry::Chain;
 use crate::{CaseId, CaseResult, CheckRequest, E164, Secret, Status};
 
 /// The migrations, in order; `{schema}` stands for the quoted schema name.
