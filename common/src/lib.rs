@@ -7,6 +7,7 @@ pub mod broker;
 pub mod case;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod phone;
 pub mod secret;
 pub mod shutdown;

@@ -18,6 +18,7 @@ use canotify_common::broker::{
     self, ATTEMPTS_HEADER, FIRST_FAILURE_HEADER, LAST_FAILURE_HEADER, Outgoing, Publisher,
     Topology, header_str,
 };
+use canotify_common::metrics::Metrics;
 use canotify_common::{CheckRequest, Shutdown};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
@@ -52,7 +53,7 @@ const GIVE_BACK_WAIT: Duration = Duration::from_secs(60);
 const BROKER_LOST_GRACE: Duration = Duration::from_secs(2);
 
 /// How often a worker recounts the consumers sharing the request rate.
-const RATE_SHARE_REFRESH: Duration = Duration::from_secs(15);
+const RATE_SHARE_REFRESH: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
 pub struct ConsumeOptions {
@@ -88,6 +89,7 @@ pub async fn consume(
         publisher,
         topology: topology.clone(),
         unsettled: Arc::new(AtomicUsize::new(0)),
+        metrics: worker.metrics().clone(),
     };
     let (batch_tx, batch_rx) =
         mpsc::channel::<(Delivery, Candidate)>(usize::from(options.prefetch).max(MAX_BATCH));
@@ -366,6 +368,7 @@ struct Settler {
     topology: Topology,
     /// Deliveries received and not yet acked or given back.
     unsettled: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
 }
 
 impl Settler {
@@ -396,7 +399,7 @@ impl Settler {
             if held.contains(&index) || !confirmed[index] {
                 self.requeue(&delivery).await;
             } else {
-                log_settled(&disposition);
+                log_settled(&disposition, &self.metrics);
                 self.ack(&delivery).await;
             }
         }
@@ -461,7 +464,10 @@ impl Settler {
             reason,
         );
         match self.publisher.publish(letter).await {
-            Ok(()) => self.ack(&delivery).await,
+            Ok(()) => {
+                self.metrics.dead_lettered();
+                self.ack(&delivery).await;
+            }
             Err(err) => {
                 self.unsettled.fetch_sub(1, Ordering::SeqCst);
                 // Rejecting without requeue still routes it through the
@@ -478,7 +484,16 @@ impl Settler {
     }
 }
 
-fn log_settled(disposition: &Disposition) {
+fn log_settled(disposition: &Disposition, metrics: &Metrics) {
+    match disposition {
+        Disposition::Done(result) => metrics.case_finished(result.status),
+        Disposition::GiveUp(_) => {
+            metrics.case_finished(canotify_common::Status::Failed);
+            metrics.dead_lettered();
+        }
+        Disposition::Retry(_) => metrics.retried(),
+        Disposition::Hold => {}
+    }
     match disposition {
         Disposition::Done(result) => {
             debug!(case_id = %result.case_id, status = %result.status, "case finished");

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, Retryable};
+use canotify_common::metrics::Metrics;
 use canotify_common::phone::Region;
 use canotify_common::verification_uuid;
 use canotify_common::{CaseResult, CheckRequest, E164, Secret, Status, TestType, timezone};
@@ -195,6 +196,7 @@ pub struct Worker {
     next_request_slot: Mutex<Instant>,
     request_interval: std::sync::Mutex<Option<Duration>>,
     gate: watch::Sender<Gate>,
+    metrics: Arc<Metrics>,
 }
 
 impl Worker {
@@ -209,6 +211,7 @@ impl Worker {
             next_request_slot: Mutex::new(Instant::now()),
             request_interval: std::sync::Mutex::new(None),
             gate: watch::Sender::new(Gate::Open),
+            metrics: Arc::new(Metrics::default()),
             settings,
         };
         worker.share_request_rate(1);
@@ -217,6 +220,10 @@ impl Worker {
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Watches the gate: the consume loop stops consuming while it is shut.
@@ -628,6 +635,7 @@ impl Worker {
             }
             error!(error = %fatal, "stopped taking work; cases stay queued until the configuration is fixed and the worker restarted");
             *gate = Gate::Stopped(Arc::new(fatal));
+            self.metrics.set_gate_shut(true);
             true
         });
     }
@@ -637,6 +645,7 @@ impl Worker {
         self.gate.send_if_modified(|gate| match gate {
             Gate::Paused { until } if *until <= Instant::now() => {
                 *gate = Gate::Open;
+                self.metrics.set_gate_shut(false);
                 true
             }
             _ => false,
@@ -655,6 +664,8 @@ impl Worker {
                     "the realm's daily quota is spent; issuing paused, cases wait in the queue"
                 );
                 *gate = Gate::Paused { until };
+                self.metrics.quota_exceeded();
+                self.metrics.set_gate_shut(true);
                 true
             }
         });
@@ -682,6 +693,7 @@ impl Worker {
             .filter(|at| *at > now)
             .unwrap_or(fallback)
             .min(now + MAX_RATE_LIMIT_WAIT);
+        self.metrics.rate_limited();
         let mut guard = self.rate_limited_until.lock().await;
         if guard.is_none_or(|current| current < until) {
             *guard = Some(until);

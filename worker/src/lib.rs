@@ -17,7 +17,7 @@ use canotify_common::broker::{self, BrokerError};
 use canotify_common::config::{BrokerArgs, parse_duration};
 use canotify_common::phone::Region;
 use canotify_common::telemetry::LogArgs;
-use canotify_common::{Secret, Shutdown, http, timezone};
+use canotify_common::{Secret, Shutdown, http, metrics, timezone};
 use tracing::{info, warn};
 
 pub use crate::consume::{ConsumeOptions, SessionEnd};
@@ -127,6 +127,10 @@ pub struct WorkerConfig {
     #[arg(long, env = "CANOTIFY_VERIFICATION_REQUESTS_PER_MINUTE")]
     pub verification_requests_per_minute: Option<u32>,
 
+    /// Address for `GET /metrics` (Prometheus text format); none when unset.
+    #[arg(long, env = "CANOTIFY_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
     /// How long in-flight cases may take to finish after SIGTERM.
     #[arg(long, env = "CANOTIFY_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -202,6 +206,13 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<(), WorkerE
         issue_concurrency: config.issue_concurrency,
         shutdown_grace: config.shutdown_grace,
     };
+
+    if let Some(addr) = config.metrics_listen {
+        let bound = metrics::serve(worker.metrics().clone(), addr, shutdown.clone())
+            .await
+            .map_err(|err| WorkerError::Config(format!("cannot serve metrics on {addr}: {err}")))?;
+        info!(%bound, "serving metrics on /metrics");
+    }
 
     while let Some(connection) =
         broker::connect_with_retry(&config.broker.amqp_url, "canotify-worker", &shutdown).await

@@ -228,3 +228,23 @@ async fn a_retried_case_that_was_found_textable_costs_no_second_lookup() {
     assert_eq!(assert_sent_only_if_texted(&dispositions, &rig), 1);
     assert_eq!(rig.twilio.paid_lookups(), 0);
 }
+
+#[tokio::test]
+async fn a_spent_quota_holds_the_case_and_shows_in_the_metrics() {
+    let rig = rig().await;
+    rig.verification.set_daily_quota(Some(0));
+
+    let dispositions = rig.worker.handle_batch(cases("quota", 3)).await;
+    let metrics = rig.worker.metrics().render();
+
+    assert!(
+        dispositions.iter().all(|d| *d == Disposition::Hold),
+        "{dispositions:?}"
+    );
+    assert!(matches!(&*rig.worker.gate().borrow(), Gate::Paused { .. }));
+    assert!(
+        metrics.contains("canotify_quota_exceeded_total 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("canotify_gate_shut 1"), "{metrics}");
+}
