@@ -239,10 +239,18 @@ impl Topology {
 
     /// The distinct wait queues, shortest delay first.
     fn wait_queues(&self) -> Vec<String> {
+        self.distinct_delays()
+            .into_iter()
+            .map(|d| self.wait_queue(d))
+            .collect()
+    }
+
+    /// The retry delays without repeats, shortest first: one wait queue each.
+    fn distinct_delays(&self) -> Vec<Duration> {
         let mut delays = self.retry_delays.clone();
         delays.sort();
         delays.dedup();
-        delays.into_iter().map(|d| self.wait_queue(d)).collect()
+        delays
     }
 
     /// Declares everything; safe to run from every process at every start.
@@ -289,10 +297,7 @@ impl Topology {
         // A wait queue has no consumer: its messages expire after the delay
         // and the broker dead-letters them back onto the checks queue
         // through the default exchange.
-        let mut delays = self.retry_delays.clone();
-        delays.sort();
-        delays.dedup();
-        for delay in delays {
+        for delay in self.distinct_delays() {
             let mut args = self.work_queue_arguments("", &self.checks());
             let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
             args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));

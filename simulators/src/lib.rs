@@ -16,3 +16,14 @@ pub mod faults;
 mod http_util;
 pub mod twilio;
 pub mod verification;
+
+/// Both simulators with their default settings, each on a free loopback
+/// port: what a test or the demo needs before it changes any knob.
+pub async fn start_local()
+-> std::io::Result<(twilio::TwilioSimulator, verification::VerificationSimulator)> {
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let twilio = twilio::start(twilio::TwilioConfig::default(), loopback).await?;
+    let verification =
+        verification::start(verification::VerificationConfig::default(), loopback).await?;
+    Ok((twilio, verification))
+}

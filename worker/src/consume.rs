@@ -179,7 +179,7 @@ pub async fn consume(
                         let settle = settle.clone();
                         let batch_tx = batch_tx.clone();
                         checks.spawn(async move {
-                            check_one(&worker, delivery, &settle, &batch_tx).await;
+                            screen_one(&worker, delivery, &settle, &batch_tx).await;
                         });
                     }
                 }
@@ -288,7 +288,7 @@ fn incoming(request: CheckRequest, delivery: &Delivery) -> Incoming {
     }
 }
 
-async fn check_one(
+async fn screen_one(
     worker: &Worker,
     delivery: Delivery,
     settle: &Settler,

@@ -143,9 +143,9 @@ pub enum Screened {
 
 /// A candidate the lookup found textable.
 #[derive(Clone, Debug)]
-pub struct Textable {
-    pub incoming: Incoming,
-    pub issue: IssueRequest,
+struct Textable {
+    incoming: Incoming,
+    issue: IssueRequest,
 }
 
 /// A fault no retry can fix: the worker stops taking work until an operator
@@ -342,7 +342,7 @@ impl Worker {
 
         if !textable.is_empty() {
             let (indexes, cases): (Vec<usize>, Vec<Textable>) = textable.into_iter().unzip();
-            for (index, disposition) in indexes.into_iter().zip(self.issue_now(cases).await) {
+            for (index, disposition) in indexes.into_iter().zip(self.issue(cases).await) {
                 answers[index] = Some(disposition);
             }
         }
@@ -424,14 +424,9 @@ impl Worker {
     /// are sent again, alone with their own uuids, a few times in-process;
     /// before an item whose last failure may have issued its code is sent
     /// again, the server is asked whether the code exists. What still fails
-    /// goes to a wait queue or, on its last attempt, is given up.
-    pub async fn issue(&self, batch: Vec<Textable>) -> Vec<Disposition> {
-        self.wait_for_request_slot().await;
-        self.issue_now(batch).await
-    }
-
-    /// `issue`, once this worker's turn for the first request has come.
-    async fn issue_now(&self, batch: Vec<Textable>) -> Vec<Disposition> {
+    /// goes to a wait queue or, on its last attempt, is given up. The caller
+    /// has already waited for this worker's turn for the first request.
+    async fn issue(&self, batch: Vec<Textable>) -> Vec<Disposition> {
         assert!(
             batch.len() <= MAX_BATCH,
             "a batch holds at most {MAX_BATCH} cases"

@@ -35,15 +35,7 @@ impl Rig {
         let topology = Topology::new(&prefix, broker::QueueType::Quorum)
             .unwrap()
             .with_retry_delays(&[Duration::from_millis(100)]);
-        let twilio = twilio::start(twilio::TwilioConfig::default(), ([127, 0, 0, 1], 0).into())
-            .await
-            .unwrap();
-        let verification = verification::start(
-            verification::VerificationConfig::default(),
-            ([127, 0, 0, 1], 0).into(),
-        )
-        .await
-        .unwrap();
+        let (twilio, verification) = canotify_simulators::start_local().await.unwrap();
         Self {
             topology,
             twilio,

@@ -21,15 +21,7 @@ struct Rig {
 }
 
 async fn rig() -> Rig {
-    let twilio = twilio::start(twilio::TwilioConfig::default(), ([127, 0, 0, 1], 0).into())
-        .await
-        .unwrap();
-    let verification = verification::start(
-        verification::VerificationConfig::default(),
-        ([127, 0, 0, 1], 0).into(),
-    )
-    .await
-    .unwrap();
+    let (twilio, verification) = canotify_simulators::start_local().await.unwrap();
     let config = WorkerConfig::try_parse_from([
         "canotify-worker",
         "--twilio-url",

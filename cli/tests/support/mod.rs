@@ -65,15 +65,7 @@ impl Pipeline {
             .expect("PostgreSQL must run on 127.0.0.1:5432");
         warehouse.migrate().await.unwrap();
 
-        let twilio = twilio::start(twilio::TwilioConfig::default(), ([127, 0, 0, 1], 0).into())
-            .await
-            .unwrap();
-        let verification = verification::start(
-            verification::VerificationConfig::default(),
-            ([127, 0, 0, 1], 0).into(),
-        )
-        .await
-        .unwrap();
+        let (twilio, verification) = canotify_simulators::start_local().await.unwrap();
 
         let mut pipeline = Self {
             name: name.to_owned(),
