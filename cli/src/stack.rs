@@ -191,7 +191,14 @@ impl Stack {
     pub fn start_worker(&mut self) -> anyhow::Result<()> {
         let log = format!("worker-{}.log", self.workers_started);
         self.workers_started += 1;
-        let extra = self.options.worker_env.clone();
+        // The workers share their lookup answers through the stack's own
+        // schema, so a case redelivered after a kill is not paid for twice.
+        let mut extra = self.options.worker_env.clone();
+        extra.push((
+            "CANOTIFY_LOOKUP_CACHE_URL",
+            self.options.local.database_url.expose().to_owned(),
+        ));
+        extra.push(("CANOTIFY_LOOKUP_CACHE_SCHEMA", self.schema.clone()));
         let child = self.spawn("canotify-worker", &log, &extra)?;
         self.children.workers.push(child);
         Ok(())

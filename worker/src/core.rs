@@ -26,6 +26,7 @@ use tokio::sync::{Mutex, Semaphore, watch};
 use tracing::{debug, error, warn};
 
 use crate::lookup::{self, LineCheck, LookupClient, LookupError};
+use crate::shared_cache::SharedLookupCache;
 use crate::verification::{
     BatchVerdict, CodeStatus, IssueRequest, ItemVerdict, MAX_BATCH, VerificationClient,
     is_ambiguous,
@@ -197,6 +198,7 @@ pub struct Worker {
     request_interval: std::sync::Mutex<Option<Duration>>,
     gate: watch::Sender<Gate>,
     metrics: Arc<Metrics>,
+    shared_cache: Option<SharedLookupCache>,
 }
 
 impl Worker {
@@ -212,10 +214,17 @@ impl Worker {
             request_interval: std::sync::Mutex::new(None),
             gate: watch::Sender::new(Gate::Open),
             metrics: Arc::new(Metrics::default()),
+            shared_cache: None,
             settings,
         };
         worker.share_request_rate(1);
         worker
+    }
+
+    /// Shares lookup answers with the other replicas through `cache`.
+    pub fn with_shared_cache(mut self, cache: SharedLookupCache) -> Self {
+        self.shared_cache = Some(cache);
+        self
     }
 
     pub fn settings(&self) -> &Settings {
@@ -384,10 +393,17 @@ impl Worker {
         }
     }
 
-    /// A lookup answer for `phone`: a recent one from the cache, or a paid
-    /// lookup retried a few times on transient faults.
+    /// A lookup answer for `phone`: a recent one from this worker's cache
+    /// or the replicas' shared one, or a paid lookup retried a few times on
+    /// transient faults.
     async fn look_up(&self, phone: &E164) -> Result<LineCheck, LookupError> {
         if let Some(known) = self.cached(phone) {
+            return Ok(known);
+        }
+        if let Some(shared) = &self.shared_cache
+            && let Some(known) = shared.get(phone).await
+        {
+            self.remember(phone, &known);
             return Ok(known);
         }
 
@@ -400,6 +416,14 @@ impl Worker {
         .notify(|err, wait| debug!(phone = %phone, error = %Chain(&err), ?wait, "retrying lookup"))
         .await?;
 
+        if let Some(shared) = &self.shared_cache {
+            shared.put(phone, &verdict).await;
+        }
+        self.remember(phone, &verdict);
+        Ok(verdict)
+    }
+
+    fn remember(&self, phone: &E164, verdict: &LineCheck) {
         let mut cache = self.lookup_cache.lock().expect("never poisoned");
         if cache.len() >= LOOKUP_CACHE_CAPACITY {
             let age = self.settings.lookup_cache_age;
@@ -409,7 +433,6 @@ impl Worker {
             }
         }
         cache.insert(phone.clone(), (verdict.clone(), Instant::now()));
-        Ok(verdict)
     }
 
     fn cached(&self, phone: &E164) -> Option<LineCheck> {

@@ -8,6 +8,7 @@
 pub mod consume;
 pub mod core;
 pub mod lookup;
+pub mod shared_cache;
 pub mod verification;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use tracing::{info, warn};
 pub use crate::consume::{ConsumeOptions, SessionEnd};
 pub use crate::core::{Disposition, Fatal, Gate, Incoming, Settings, Worker};
 use crate::lookup::LookupClient;
+use crate::shared_cache::SharedLookupCache;
 use crate::verification::VerificationClient;
 use canotify_common::telemetry::Chain;
 
@@ -118,6 +120,16 @@ pub struct WorkerConfig {
     #[arg(long, env = "CANOTIFY_LOOKUP_CACHE_AGE", default_value = "24h", value_parser = parse_duration)]
     pub lookup_cache_age: Duration,
 
+    /// PostgreSQL URL of a lookup cache shared by every worker replica, so
+    /// a case redelivered to another worker pays for no second lookup;
+    /// each worker keeps its own cache only when unset.
+    #[arg(long, env = "CANOTIFY_LOOKUP_CACHE_URL", hide_env_values = true)]
+    pub lookup_cache_url: Option<Secret>,
+
+    /// Schema of the shared lookup cache table.
+    #[arg(long, env = "CANOTIFY_LOOKUP_CACHE_SCHEMA", default_value = "canotify")]
+    pub lookup_cache_schema: String,
+
     /// How long issuing pauses when the realm's daily quota is spent.
     #[arg(long, env = "CANOTIFY_QUOTA_PAUSE", default_value = "1h", value_parser = parse_duration)]
     pub quota_pause: Duration,
@@ -198,7 +210,18 @@ impl WorkerConfig {
 /// work, so it is not restarted into the same error again and again, and
 /// reports the fault when it is shut down.
 pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<(), WorkerError> {
-    let worker = Arc::new(config.build_worker()?);
+    let mut worker = config.build_worker()?;
+    if let Some(url) = &config.lookup_cache_url {
+        let cache = SharedLookupCache::new(
+            url,
+            &config.lookup_cache_schema,
+            &config.uuid_key,
+            config.lookup_cache_age,
+        )
+        .map_err(WorkerError::Config)?;
+        worker = worker.with_shared_cache(cache);
+    }
+    let worker = Arc::new(worker);
     let topology = config.broker.topology()?;
     let options = ConsumeOptions {
         prefetch: config.prefetch.max(1),

@@ -22,6 +22,18 @@ struct Rig {
 
 async fn rig() -> Rig {
     let (twilio, verification) = canotify_simulators::start_local().await.unwrap();
+    Rig {
+        worker: worker_for(&twilio, &verification),
+        twilio,
+        verification,
+    }
+}
+
+/// A fresh worker, with an empty memory, calling these simulators.
+fn worker_for(
+    twilio: &twilio::TwilioSimulator,
+    verification: &verification::VerificationSimulator,
+) -> Worker {
     let config = WorkerConfig::try_parse_from([
         "canotify-worker",
         "--twilio-url",
@@ -42,11 +54,7 @@ async fn rig() -> Rig {
         "1s,1s",
     ])
     .unwrap();
-    Rig {
-        worker: config.build_worker().unwrap(),
-        twilio,
-        verification,
-    }
+    config.build_worker().unwrap()
 }
 
 fn cases(tag: &str, count: u32) -> Vec<Incoming> {
@@ -239,4 +247,42 @@ async fn a_spent_quota_holds_the_case_and_shows_in_the_metrics() {
         "{metrics}"
     );
     assert!(metrics.contains("canotify_gate_shut 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_case_redelivered_to_another_worker_pays_for_no_second_lookup() {
+    let url = canotify_common::Secret::new("postgres://postgres@127.0.0.1:5432/test");
+    let schema = format!("lookup_cache_{}", std::process::id());
+    let key = canotify_common::Secret::new("upstream-test-uuid-key");
+    let shared = || {
+        canotify_worker::shared_cache::SharedLookupCache::new(
+            &url,
+            &schema,
+            &key,
+            Duration::from_secs(3600),
+        )
+        .unwrap()
+    };
+    let first = rig().await;
+    let first_worker = first.worker.with_shared_cache(shared());
+    let case = cases("shared", 1);
+
+    first_worker.handle_batch(case.clone()).await;
+    // Another replica, with an empty memory, gets the same case again.
+    let second = worker_for(&first.twilio, &first.verification).with_shared_cache(shared());
+    let dispositions = second.handle_batch(case).await;
+    let paid = first.twilio.paid_lookups();
+    let texts = first.verification.ledger().len();
+    let (client, connection) = tokio_postgres::connect(url.expose(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .await
+        .unwrap();
+
+    assert_eq!(paid, 1, "the second worker paid for the lookup again");
+    assert_eq!(texts, 1);
+    assert!(matches!(&dispositions[0], Disposition::Done(r) if r.status == Status::Sent));
 }

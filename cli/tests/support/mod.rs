@@ -160,6 +160,10 @@ impl Pipeline {
             UUID_KEY,
             "--batch-linger",
             "50ms",
+            "--lookup-cache-url",
+            &self.database_url,
+            "--lookup-cache-schema",
+            &self.schema,
         ];
         // A flag given in `extra` replaces the default of the same name.
         for pair in defaults.chunks(2) {

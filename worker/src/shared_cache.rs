@@ -1,0 +1,201 @@
+//! Lookup answers shared by every worker replica, in a small PostgreSQL
+//! table, so a case redelivered to another worker after a crash does not
+//! pay for its lookup again. A phone is kept only as an HMAC under the
+//! deployment's uuid key, never in the clear. The cache only saves money:
+//! when its database is away, the worker looks numbers up as if it were
+//! empty.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use canotify_common::telemetry::Chain;
+use canotify_common::warehouse::quote_schema;
+use canotify_common::{E164, Secret};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::sync::Mutex;
+use tokio_postgres::{Client, NoTls};
+use tracing::warn;
+
+use crate::lookup::LineCheck;
+
+/// How long one cache query may take before the worker goes without.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct SharedLookupCache {
+    url: Secret,
+    schema: String,
+    quoted_schema: String,
+    table: String,
+    key: Secret,
+    max_age: Duration,
+    client: Mutex<Option<Client>>,
+    warned: AtomicBool,
+}
+
+impl SharedLookupCache {
+    /// Names the cache; it connects (and creates its table if missing) on
+    /// first use, so a cache database that is away at start delays nothing.
+    pub fn new(
+        url: &Secret,
+        schema: &str,
+        key: &Secret,
+        max_age: Duration,
+    ) -> Result<Self, String> {
+        let quoted = quote_schema(schema).map_err(|err| err.to_string())?;
+        Ok(Self {
+            url: url.clone(),
+            schema: schema.to_owned(),
+            table: format!("{quoted}.lookup_cache"),
+            quoted_schema: quoted,
+            key: key.clone(),
+            max_age,
+            client: Mutex::new(None),
+            warned: AtomicBool::new(false),
+        })
+    }
+
+    /// A recent answer for `phone`, if any worker stored one.
+    pub async fn get(&self, phone: &E164) -> Option<LineCheck> {
+        let sql = format!(
+            "SELECT verdict, reason FROM {} WHERE phone_key = $1
+             AND looked_up_at > now() - make_interval(secs => $2)",
+            self.table
+        );
+        let key = self.phone_key(phone);
+        let age = self.max_age.as_secs_f64();
+        let row = self
+            .run(async |client| client.query_opt(&sql, &[&key, &age]).await)
+            .await??;
+        let verdict: String = row.get(0);
+        let reason: Option<String> = row.get(1);
+        let reason = reason.unwrap_or_default();
+        match verdict.as_str() {
+            "textable" => Some(LineCheck::Textable),
+            "not_textable" => Some(LineCheck::NotTextable { reason }),
+            "invalid" => Some(LineCheck::Invalid { reason }),
+            _ => None,
+        }
+    }
+
+    /// Stores an answer for every worker to reuse.
+    pub async fn put(&self, phone: &E164, verdict: &LineCheck) {
+        let sql = format!(
+            "INSERT INTO {} (phone_key, verdict, reason, looked_up_at) VALUES ($1, $2, $3, now())
+             ON CONFLICT (phone_key) DO UPDATE
+                 SET verdict = EXCLUDED.verdict, reason = EXCLUDED.reason,
+                     looked_up_at = EXCLUDED.looked_up_at",
+            self.table
+        );
+        let (kind, reason) = match verdict {
+            LineCheck::Textable => ("textable", None),
+            LineCheck::NotTextable { reason } => ("not_textable", Some(reason.as_str())),
+            LineCheck::Invalid { reason } => ("invalid", Some(reason.as_str())),
+        };
+        let key = self.phone_key(phone);
+        self.run(async |client| client.execute(&sql, &[&key, &kind, &reason]).await)
+            .await;
+    }
+
+    fn phone_key(&self, phone: &E164) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.key.expose().as_bytes())
+            .expect("HMAC accepts a key of any length");
+        mac.update(b"canotify lookup cache v1\0");
+        mac.update(phone.as_str().as_bytes());
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Runs one query on a live connection; `None` (with one warning per
+    /// outage) when the cache database cannot answer.
+    async fn run<T>(
+        &self,
+        query: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
+    ) -> Option<T> {
+        let mut guard = self.client.lock().await;
+        if guard.as_ref().is_none_or(Client::is_closed) {
+            match self.open().await {
+                Ok(client) => *guard = Some(client),
+                Err(err) => {
+                    self.warn_once(&err);
+                    return None;
+                }
+            }
+        }
+        let client = guard.as_ref().expect("a connection was just opened");
+        match tokio::time::timeout(QUERY_TIMEOUT, query(client)).await {
+            Ok(Ok(value)) => {
+                self.warned.store(false, Ordering::Relaxed);
+                Some(value)
+            }
+            Ok(Err(err)) => {
+                self.warn_once(&Chain(&err).to_string());
+                *guard = None;
+                None
+            }
+            Err(_) => {
+                self.warn_once("the lookup cache did not answer in time");
+                *guard = None;
+                None
+            }
+        }
+    }
+
+    fn warn_once(&self, error: &str) {
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            warn!(
+                error,
+                "shared lookup cache unavailable; looking numbers up without it"
+            );
+        }
+    }
+}
+
+impl SharedLookupCache {
+    /// Connects and makes sure the table exists. Replicas start together,
+    /// and `CREATE ... IF NOT EXISTS` races with itself, so the set-up runs
+    /// under an advisory lock.
+    async fn open(&self) -> Result<Client, String> {
+        let url = &self.url;
+        let (mut client, connection) =
+            tokio_postgres::connect(url.expose(), NoTls)
+                .await
+                .map_err(|err| {
+                    format!(
+                        "cannot reach the lookup cache at {}: {}",
+                        canotify_common::config::redact_url(url.expose()),
+                        Chain(&err)
+                    )
+                })?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+
+        let setup = format!(
+            "CREATE SCHEMA IF NOT EXISTS {};
+             CREATE TABLE IF NOT EXISTS {} (
+                 phone_key    text PRIMARY KEY,
+                 verdict      text NOT NULL,
+                 reason       text,
+                 looked_up_at timestamptz NOT NULL DEFAULT now())",
+            self.quoted_schema, self.table
+        );
+        let lock_key = format!("canotify lookup cache {}", self.schema);
+        let failed = |err: tokio_postgres::Error| {
+            format!("cannot create the lookup cache table: {}", Chain(&err))
+        };
+        let tx = client.transaction().await.map_err(failed)?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            &[&lock_key],
+        )
+        .await
+        .map_err(failed)?;
+        tx.batch_execute(&setup).await.map_err(failed)?;
+        tx.commit().await.map_err(failed)?;
+        Ok(client)
+    }
+}
