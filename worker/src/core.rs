@@ -333,7 +333,9 @@ impl Worker {
         self.wait_out_rate_limit().await;
         self.wait_for_request_slot().await;
 
+        let unknown = self.recall_shared_answers(&batch).await;
         let verdicts = join_all(batch.iter().map(|c| self.check_line(c))).await;
+        self.share_new_answers(&unknown).await;
         let mut answers: Vec<Option<Disposition>> = vec![None; batch.len()];
         let mut textable = Vec::new();
         for (index, (candidate, verdict)) in batch.into_iter().zip(verdicts).enumerate() {
@@ -359,6 +361,40 @@ impl Worker {
             .into_iter()
             .map(|a| a.expect("every candidate is answered"))
             .collect()
+    }
+
+    /// Fills this worker's cache from the replicas' shared one for the
+    /// batch's phones, in one query; answers the phones it knew nothing of.
+    async fn recall_shared_answers(&self, batch: &[Candidate]) -> Vec<E164> {
+        let Some(shared) = &self.shared_cache else {
+            return Vec::new();
+        };
+        let unknown: Vec<E164> = batch
+            .iter()
+            .filter(|c| !c.incoming.known_textable && self.cached(&c.phone).is_none())
+            .map(|c| c.phone.clone())
+            .collect();
+        let found = shared.get_many(&unknown).await;
+        for (phone, answer) in &found {
+            self.remember(phone, answer);
+        }
+        unknown
+            .into_iter()
+            .filter(|p| !found.contains_key(p))
+            .collect()
+    }
+
+    /// Stores what this batch's lookups learned of `phones` for the other
+    /// replicas, in one statement.
+    async fn share_new_answers(&self, phones: &[E164]) {
+        let Some(shared) = &self.shared_cache else {
+            return;
+        };
+        let answers: Vec<(E164, LineCheck)> = phones
+            .iter()
+            .filter_map(|p| self.cached(p).map(|answer| (p.clone(), answer)))
+            .collect();
+        shared.put_many(&answers).await;
     }
 
     /// The lookup's verdict on one candidate: `None` when it is textable,
@@ -394,16 +430,10 @@ impl Worker {
     }
 
     /// A lookup answer for `phone`: a recent one from this worker's cache
-    /// or the replicas' shared one, or a paid lookup retried a few times on
-    /// transient faults.
+    /// (filled from the replicas' shared one batch by batch), or a paid
+    /// lookup retried a few times on transient faults.
     async fn look_up(&self, phone: &E164) -> Result<LineCheck, LookupError> {
         if let Some(known) = self.cached(phone) {
-            return Ok(known);
-        }
-        if let Some(shared) = &self.shared_cache
-            && let Some(known) = shared.get(phone).await
-        {
-            self.remember(phone, &known);
             return Ok(known);
         }
 
@@ -416,9 +446,6 @@ impl Worker {
         .notify(|err, wait| debug!(phone = %phone, error = %Chain(&err), ?wait, "retrying lookup"))
         .await?;
 
-        if let Some(shared) = &self.shared_cache {
-            shared.put(phone, &verdict).await;
-        }
         self.remember(phone, &verdict);
         Ok(verdict)
     }

@@ -5,6 +5,7 @@
 //! when its database is away, the worker looks numbers up as if it were
 //! empty.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -55,45 +56,73 @@ impl SharedLookupCache {
         })
     }
 
-    /// A recent answer for `phone`, if any worker stored one.
-    pub async fn get(&self, phone: &E164) -> Option<LineCheck> {
+    /// The recent answers any worker stored for these phones, in one query.
+    pub async fn get_many(&self, phones: &[E164]) -> HashMap<E164, LineCheck> {
+        if phones.is_empty() {
+            return HashMap::new();
+        }
         let sql = format!(
-            "SELECT verdict, reason FROM {} WHERE phone_key = $1
+            "SELECT phone_key, verdict, reason FROM {} WHERE phone_key = ANY($1)
              AND looked_up_at > now() - make_interval(secs => $2)",
             self.table
         );
-        let key = self.phone_key(phone);
+        let by_key: HashMap<String, &E164> =
+            phones.iter().map(|p| (self.phone_key(p), p)).collect();
+        let keys: Vec<&str> = by_key.keys().map(String::as_str).collect();
         let age = self.max_age.as_secs_f64();
-        let row = self
-            .run(async |client| client.query_opt(&sql, &[&key, &age]).await)
-            .await??;
-        let verdict: String = row.get(0);
-        let reason: Option<String> = row.get(1);
-        let reason = reason.unwrap_or_default();
-        match verdict.as_str() {
-            "textable" => Some(LineCheck::Textable),
-            "not_textable" => Some(LineCheck::NotTextable { reason }),
-            "invalid" => Some(LineCheck::Invalid { reason }),
-            _ => None,
+        let Some(rows) = self
+            .run(async |client| client.query(&sql, &[&keys, &age]).await)
+            .await
+        else {
+            return HashMap::new();
+        };
+
+        let mut found = HashMap::new();
+        for row in rows {
+            let key: String = row.get(0);
+            let verdict: String = row.get(1);
+            let reason: String = row.get::<_, Option<String>>(2).unwrap_or_default();
+            let answer = match verdict.as_str() {
+                "textable" => LineCheck::Textable,
+                "not_textable" => LineCheck::NotTextable { reason },
+                "invalid" => LineCheck::Invalid { reason },
+                _ => continue,
+            };
+            if let Some(phone) = by_key.get(&key) {
+                found.insert((*phone).clone(), answer);
+            }
         }
+        found
     }
 
-    /// Stores an answer for every worker to reuse.
-    pub async fn put(&self, phone: &E164, verdict: &LineCheck) {
+    /// Stores answers for every worker to reuse, in one statement.
+    pub async fn put_many(&self, answers: &[(E164, LineCheck)]) {
+        if answers.is_empty() {
+            return;
+        }
         let sql = format!(
-            "INSERT INTO {} (phone_key, verdict, reason, looked_up_at) VALUES ($1, $2, $3, now())
+            "INSERT INTO {} (phone_key, verdict, reason, looked_up_at)
+             SELECT key, verdict, reason, now()
+             FROM UNNEST($1::text[], $2::text[], $3::text[]) AS t(key, verdict, reason)
              ON CONFLICT (phone_key) DO UPDATE
                  SET verdict = EXCLUDED.verdict, reason = EXCLUDED.reason,
                      looked_up_at = EXCLUDED.looked_up_at",
             self.table
         );
-        let (kind, reason) = match verdict {
-            LineCheck::Textable => ("textable", None),
-            LineCheck::NotTextable { reason } => ("not_textable", Some(reason.as_str())),
-            LineCheck::Invalid { reason } => ("invalid", Some(reason.as_str())),
-        };
-        let key = self.phone_key(phone);
-        self.run(async |client| client.execute(&sql, &[&key, &kind, &reason]).await)
+        // One statement cannot touch a row twice.
+        let mut rows: HashMap<String, (&str, Option<&str>)> = HashMap::new();
+        for (phone, answer) in answers {
+            let row = match answer {
+                LineCheck::Textable => ("textable", None),
+                LineCheck::NotTextable { reason } => ("not_textable", Some(reason.as_str())),
+                LineCheck::Invalid { reason } => ("invalid", Some(reason.as_str())),
+            };
+            rows.insert(self.phone_key(phone), row);
+        }
+        let keys: Vec<&str> = rows.keys().map(String::as_str).collect();
+        let verdicts: Vec<&str> = rows.values().map(|(v, _)| *v).collect();
+        let reasons: Vec<Option<&str>> = rows.values().map(|(_, r)| *r).collect();
+        self.run(async |client| client.execute(&sql, &[&keys, &verdicts, &reasons]).await)
             .await;
     }
 
