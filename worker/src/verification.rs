@@ -99,11 +99,7 @@ impl VerificationClient {
             }
         };
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_http_date);
+        let retry_after = rate_limit_ends(response.headers());
         match response.bytes().await {
             Ok(body) => classify_batch(status, &body, codes.len(), retry_after),
             Err(err) => every_item(codes.len(), retry(&transport_reason("verification", &err))),
@@ -305,6 +301,19 @@ fn error_code(object: &serde_json::Map<String, Value>) -> Option<&str> {
 
 fn message(object: &serde_json::Map<String, Value>) -> &str {
     object.get("error").and_then(Value::as_str).unwrap_or("")
+}
+
+/// When the request rate limit lifts: `Retry-After`, or else the
+/// `X-RateLimit-Reset` every answer carries (both RFC 1123 dates).
+pub fn rate_limit_ends(headers: &reqwest::header::HeaderMap) -> Option<Timestamp> {
+    [reqwest::header::RETRY_AFTER.as_str(), "x-ratelimit-reset"]
+        .iter()
+        .find_map(|name| {
+            headers
+                .get(*name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_http_date)
+        })
 }
 
 /// Reads an RFC 1123 date as the server writes it (`... 12:00:00 UTC` or
@@ -539,6 +548,29 @@ mod tests {
         ] {
             assert!(!is_ambiguous(reason), "{reason}");
         }
+    }
+
+    #[test]
+    fn the_rate_limit_ends_at_retry_after_or_else_at_the_reset_date() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            "x-ratelimit-reset",
+            "Thu, 03 Dec 2026 12:01:00 UTC".parse().unwrap(),
+        );
+
+        let from_reset = rate_limit_ends(&headers);
+        headers.insert(
+            "retry-after",
+            "Thu, 03 Dec 2026 12:00:30 UTC".parse().unwrap(),
+        );
+        let from_retry_after = rate_limit_ends(&headers);
+
+        assert_eq!(from_reset.unwrap().to_string(), "2026-12-03T12:01:00Z");
+        assert_eq!(
+            from_retry_after.unwrap().to_string(),
+            "2026-12-03T12:00:30Z"
+        );
+        assert_eq!(rate_limit_ends(&reqwest::header::HeaderMap::new()), None);
     }
 
     #[test]
