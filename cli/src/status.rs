@@ -1,9 +1,8 @@
 //! `canotify status`: how the pipeline stands at a glance. For each queue
 //! of the deployment (checks, the retry wait queues, results, dead letters),
-//! how many messages are
-//! ready and how many consumers read it, from a passive `queue_declare` that
-//! creates nothing; and from the warehouse, how many cases wait to be
-//! claimed and how many stand at each outcome status.
+//! how many messages are ready and how many consumers read it, from a
+//! passive `queue_declare` that creates nothing; and from the warehouse, how
+//! many cases wait to be claimed and how many stand at each outcome status.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
