@@ -87,6 +87,15 @@ pub struct PassSummary {
 /// Runs the producer against the PostgreSQL warehouse until shutdown (or
 /// after one pass with `--once`).
 pub async fn run(config: ProducerConfig, shutdown: Shutdown) -> Result<(), ProducerError> {
+    // From cron, an unreachable broker is an error to report now, before
+    // the warehouse is touched; a polling producer waits for it instead.
+    if config.once {
+        broker::connect(&config.broker.amqp_url, "canotify-producer")
+            .await?
+            .close(200, "reachable".into())
+            .await?;
+    }
+
     let warehouse =
         PostgresWarehouse::connect(&config.warehouse.database_url, &config.warehouse.schema)
             .await?;
@@ -103,15 +112,6 @@ pub async fn run_with<W: Warehouse>(
 
     let topology = config.broker.topology()?;
     info!(queue = %topology.checks(), once = config.once, "producer started");
-
-    // From cron, an unreachable broker is an error to report now; a
-    // polling producer waits for it instead.
-    if config.once {
-        broker::connect(&config.broker.amqp_url, "canotify-producer")
-            .await?
-            .close(200, "reachable".into())
-            .await?;
-    }
 
     'connection: while let Some(connection) =
         broker::connect_with_retry(&config.broker.amqp_url, "canotify-producer", &shutdown).await
