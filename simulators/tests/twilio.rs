@@ -2,23 +2,19 @@
 //! starts its own simulator on a free loopback port and checks one rule of
 //! `specs/twilio-lookup.md` through the answers and the billing counters.
 
+mod support;
+
 use std::time::Duration;
 
 use canotify_simulators::twilio::{self, TwilioConfig, TwilioSimulator};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use support::client;
 
 async fn simulator(config: TwilioConfig) -> TwilioSimulator {
     twilio::start(config, "127.0.0.1:0".parse().unwrap())
         .await
         .expect("the simulator binds a loopback port")
-}
-
-/// An HTTP client for plain-http URLs. reqwest is built with rustls but no
-/// crypto provider, and refuses to build a client until one is installed.
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
 }
 
 /// `GET {base}/v2/PhoneNumbers/{number}{query}` with the default

@@ -2,32 +2,20 @@
 //! meet them: each test arms one, checks the answers of the lookups that
 //! take it and of the ones after, and what was billed.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use canotify_simulators::faults::Fault;
 use canotify_simulators::twilio::{self, TwilioConfig, TwilioSimulator};
 use reqwest::StatusCode;
-use reqwest::header::HeaderMap;
 use serde_json::Value;
+use support::{Answer, client, read};
 
 async fn simulator() -> TwilioSimulator {
     twilio::start(TwilioConfig::default(), "127.0.0.1:0".parse().unwrap())
         .await
         .expect("the simulator binds a loopback port")
-}
-
-/// An HTTP client for plain-http URLs. reqwest is built with rustls but no
-/// crypto provider, and refuses to build a client until one is installed.
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    text: String,
-    json: Value,
 }
 
 /// A paid lookup of a mobile number with the given password; `Err` when
@@ -47,16 +35,7 @@ async fn try_lookup_as(
         .timeout(timeout)
         .send()
         .await?;
-    let status = response.status();
-    let headers = response.headers().clone();
-    let text = response.text().await?;
-    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Ok(Answer {
-        status,
-        headers,
-        text,
-        json,
-    })
+    read(response).await
 }
 
 async fn try_lookup(sim: &TwilioSimulator) -> Result<Answer, reqwest::Error> {

@@ -2,6 +2,8 @@
 //! starts its own simulator on a free loopback port and checks one rule of
 //! `specs/verification-server.md` through the answers and the SMS ledger.
 
+mod support;
+
 use std::time::Duration;
 
 use canotify_simulators::verification::{self, VerificationConfig, VerificationSimulator};
@@ -9,8 +11,8 @@ use jiff::ToSpan;
 use jiff::civil::{Date, DateTime};
 use jiff::tz::TimeZone;
 use reqwest::StatusCode;
-use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
+use support::{Answer, client, read, today, uuid};
 
 const KEY: &str = "simulator-admin-key";
 
@@ -18,35 +20,6 @@ async fn simulator(config: VerificationConfig) -> VerificationSimulator {
     verification::start(config, "127.0.0.1:0".parse().unwrap())
         .await
         .expect("the simulator binds a loopback port")
-}
-
-/// An HTTP client for plain-http URLs. reqwest is built with rustls but no
-/// crypto provider, and refuses to build a client until one is installed.
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
-}
-
-/// An answer read whole: status, headers and body as JSON (or `Null` when
-/// the body is not JSON) plus the raw text.
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    json: Value,
-    text: String,
-}
-
-async fn read(response: reqwest::Response) -> Answer {
-    let status = response.status();
-    let headers = response.headers().clone();
-    let text = response.text().await.unwrap();
-    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Answer {
-        status,
-        headers,
-        json,
-        text,
-    }
 }
 
 async fn post(sim: &VerificationSimulator, path: &str, body: &Value) -> Answer {
@@ -61,7 +34,7 @@ async fn post_to(base: &str, path: &str, body: &Value) -> Answer {
         .send()
         .await
         .unwrap();
-    read(response).await
+    read(response).await.unwrap()
 }
 
 async fn batch(sim: &VerificationSimulator, codes: Vec<Value>) -> Answer {
@@ -71,15 +44,6 @@ async fn batch(sim: &VerificationSimulator, codes: Vec<Value>) -> Answer {
         &json!({ "codes": codes, "padding": "AAAA" }),
     )
     .await
-}
-
-fn today() -> Date {
-    TimeZone::UTC.to_datetime(jiff::Timestamp::now()).date()
-}
-
-/// A stable uuid per test case number, as the worker derives per case.
-fn uuid(n: u32) -> String {
-    format!("00000000-0000-4000-8000-{n:012}")
 }
 
 /// A code that passes every check.
@@ -134,7 +98,7 @@ async fn a_body_that_is_not_declared_json_is_unparsable() {
         .send()
         .await
         .unwrap();
-    let answer = read(response).await;
+    let answer = read(response).await.unwrap();
 
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
     assert_eq!(error_code(&answer.json), "unparsable_request");
@@ -183,8 +147,10 @@ async fn a_wrong_or_missing_api_key_is_unauthorized_and_issues_nothing() {
         .header("X-API-Key", "stats-key")
         .json(&body)
         .send();
-    let wrong = read(wrong.await.unwrap()).await;
-    let missing = read(client.post(&url).json(&body).send().await.unwrap()).await;
+    let wrong = read(wrong.await.unwrap()).await.unwrap();
+    let missing = read(client.post(&url).json(&body).send().await.unwrap())
+        .await
+        .unwrap();
 
     for answer in [wrong, missing] {
         assert_eq!(answer.status, StatusCode::UNAUTHORIZED);

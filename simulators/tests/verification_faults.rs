@@ -3,15 +3,15 @@
 //! and of the ones after, and then checks what really happened through the
 //! SMS ledger and `/api/checkcodestatus`, which is never faulted.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use canotify_simulators::faults::Fault;
 use canotify_simulators::verification::{self, VerificationConfig, VerificationSimulator};
-use jiff::civil::Date;
-use jiff::tz::TimeZone;
 use reqwest::StatusCode;
-use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
+use support::{Answer, client, read, today, uuid};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const KEY: &str = "simulator-admin-key";
@@ -23,22 +23,6 @@ async fn simulator() -> VerificationSimulator {
     )
     .await
     .expect("the simulator binds a loopback port")
-}
-
-/// An HTTP client for plain-http URLs. reqwest is built with rustls but no
-/// crypto provider, and refuses to build a client until one is installed.
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
-}
-
-/// An answer read whole: status, headers, the raw text and, when the text
-/// is JSON, the JSON (`Null` otherwise).
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    text: String,
-    json: Value,
 }
 
 /// Sends `body` to `path` with the right key; `Err` when no answer came.
@@ -54,31 +38,13 @@ async fn try_post(
         .json(body)
         .send()
         .await?;
-    let status = response.status();
-    let headers = response.headers().clone();
-    let text = response.text().await?;
-    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Ok(Answer {
-        status,
-        headers,
-        text,
-        json,
-    })
+    read(response).await
 }
 
 async fn post(sim: &VerificationSimulator, path: &str, body: &Value) -> Answer {
     try_post(sim, path, body)
         .await
         .expect("the simulator answers")
-}
-
-fn today() -> Date {
-    TimeZone::UTC.to_datetime(jiff::Timestamp::now()).date()
-}
-
-/// A stable uuid per test case number, as the worker derives per case.
-fn uuid(n: u32) -> String {
-    format!("00000000-0000-4000-8000-{n:012}")
 }
 
 /// A code that passes every check.
