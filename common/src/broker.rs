@@ -97,6 +97,27 @@ pub async fn connect(url: &Secret, process: &str) -> Result<Connection, BrokerEr
         })
 }
 
+/// The longest a process waits for the broker to acknowledge a close. A
+/// broker that does not answer must not keep a stopping process up.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Closes a connection, waiting at most [`CLOSE_WAIT`] for the broker. The
+/// broker requeues whatever the connection left unacked either way.
+pub async fn close_connection(connection: &Connection, reason: &str) {
+    let closed = connection.close(200, reason.into());
+    if tokio::time::timeout(CLOSE_WAIT, closed).await.is_err() {
+        tracing::warn!(wait = ?CLOSE_WAIT, "the broker did not acknowledge closing the connection; leaving it");
+    }
+}
+
+/// Closes a channel, waiting at most [`CLOSE_WAIT`] for the broker.
+pub async fn close_channel(channel: &Channel, reason: &str) {
+    let closed = channel.close(200, reason.into());
+    if tokio::time::timeout(CLOSE_WAIT, closed).await.is_err() {
+        tracing::warn!(wait = ?CLOSE_WAIT, "the broker did not acknowledge closing a channel; leaving it");
+    }
+}
+
 /// Connects, trying again with jittered backoff until it works or shutdown
 /// is asked for (then `None`). Every process uses it at start and after
 /// losing the broker, so an outage only pauses the pipeline.

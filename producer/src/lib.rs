@@ -158,7 +158,7 @@ pub async fn run_with<W: Warehouse>(
             }
 
             if config.once {
-                let _ = connection.close(200, "done".into()).await;
+                broker::close_connection(&connection, "done").await;
                 if summary.unpublished > 0 {
                     return Err(ProducerError::Unpublished(summary.unpublished));
                 }
@@ -171,7 +171,7 @@ pub async fn run_with<W: Warehouse>(
 
             tokio::select! {
                 _ = shutdown.requested() => {
-                    let _ = connection.close(200, "shutdown".into()).await;
+                    broker::close_connection(&connection, "shutdown").await;
                     break 'connection;
                 }
                 _ = tokio::time::sleep(config.poll_interval) => {}

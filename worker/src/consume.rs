@@ -26,7 +26,7 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
     QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -162,9 +162,9 @@ pub async fn consume(
                 changed = gate.changed() => {
                     if changed.is_ok() && !gate.borrow().is_open() {
                         warn!("gate shut; no longer consuming, and giving back the cases held");
-                        let _ = channel.basic_cancel(tag.clone(), BasicCancelOptions::default()).await;
-                        give_back_held(&mut consumer, &settle).await;
-                        let _ = channel.close(200, "gate shut".into()).await;
+                        cancel(channel, &tag).await;
+                        give_back_held(&mut consumer, &settle, shutdown).await;
+                        broker::close_channel(channel, "gate shut").await;
                         continue 'session;
                     }
                 }
@@ -188,9 +188,7 @@ pub async fn consume(
             while checks.try_join_next().is_some() {}
         };
         if matches!(stop_consuming, SessionEnd::Shutdown) {
-            let _ = channel
-                .basic_cancel(tag, BasicCancelOptions::default())
-                .await;
+            cancel(channel, &tag).await;
         }
         break stop_consuming;
     };
@@ -216,15 +214,27 @@ pub async fn consume(
         batcher_abort.abort();
     }
     if let Some(channel) = channel {
-        let _ = channel.close(200, "worker stopping".into()).await;
+        broker::close_channel(&channel, "worker stopping").await;
     }
     Ok(end)
+}
+
+/// Stops the broker delivering to this consumer, waiting for it at most
+/// [`broker::CLOSE_WAIT`]: closing the channel afterwards stops it anyway.
+async fn cancel(channel: &Channel, tag: &ShortString) {
+    let cancelled = channel.basic_cancel(tag.clone(), BasicCancelOptions::default());
+    if tokio::time::timeout(broker::CLOSE_WAIT, cancelled)
+        .await
+        .is_err()
+    {
+        warn!("the broker did not acknowledge cancelling the consumer; closing its channel");
+    }
 }
 
 /// After the consumer is cancelled: gives back what it had prefetched, then
 /// waits (a bounded time) for the cases in flight to settle, so closing the
 /// channel afterwards requeues nothing that was already finished.
-async fn give_back_held(consumer: &mut lapin::Consumer, settle: &Settler) {
+async fn give_back_held(consumer: &mut lapin::Consumer, settle: &Settler, shutdown: &Shutdown) {
     let deadline = tokio::time::Instant::now() + GIVE_BACK_WAIT;
     while let Ok(Some(Ok(delivery))) =
         tokio::time::timeout(Duration::from_millis(200), consumer.next()).await
@@ -232,7 +242,10 @@ async fn give_back_held(consumer: &mut lapin::Consumer, settle: &Settler) {
         settle.received();
         settle.requeue(&delivery).await;
     }
-    while settle.unsettled() > 0 && tokio::time::Instant::now() < deadline {
+    while settle.unsettled() > 0
+        && tokio::time::Instant::now() < deadline
+        && !shutdown.is_requested()
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

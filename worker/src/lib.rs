@@ -242,7 +242,7 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<(), WorkerE
     {
         let end =
             consume::consume(worker.clone(), &connection, &topology, &options, &shutdown).await;
-        let _ = connection.close(200, "worker stopping".into()).await;
+        broker::close_connection(&connection, "worker stopping").await;
         match end {
             Ok(SessionEnd::Shutdown) => break,
             Ok(SessionEnd::BrokerLost(err)) | Err(err) => {

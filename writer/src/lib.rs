@@ -75,7 +75,7 @@ pub async fn run_with<W: Warehouse>(
         broker::connect_with_retry(&config.broker.amqp_url, "canotify-writer", &shutdown).await
     {
         let end = session(&config, &warehouse, &connection, &topology, &shutdown).await;
-        let _ = connection.close(200, "writer stopping".into()).await;
+        broker::close_connection(&connection, "writer stopping").await;
         match end {
             Ok(()) if shutdown.is_requested() => break,
             Ok(()) => warn!("the results consumer ended; connecting again"),

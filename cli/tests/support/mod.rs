@@ -52,6 +52,7 @@ pub struct Pipeline {
 impl Pipeline {
     /// A fresh, empty pipeline; `name` keeps its schema and queues apart.
     pub async fn new(name: &str) -> Self {
+        show_logs_of_failed_tests();
         let unique = format!(
             "{}_{}_{}",
             name,
@@ -160,6 +161,9 @@ impl Pipeline {
             UUID_KEY,
             "--batch-linger",
             "50ms",
+            // Well inside the 30 s `stop_all` allows each process.
+            "--shutdown-grace",
+            "10s",
             "--lookup-cache-url",
             &self.database_url,
             "--lookup-cache-schema",
@@ -414,6 +418,16 @@ async fn remove(schema: &str, topology: &Topology) {
         }
         let _ = connection.close(200, "".into()).await;
     }
+}
+
+/// Sends the processes' log lines to the test's captured output, which
+/// is shown when the test fails. `CANOTIFY_TEST_LOG` sets the filter.
+fn show_logs_of_failed_tests() {
+    let filter = std::env::var("CANOTIFY_TEST_LOG").unwrap_or_else(|_| "info".to_owned());
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .try_init();
 }
 
 /// A mobile case with a distinct number for each `n`, tested `days_ago`.
