@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use canotify_common::phone::Region;
-use canotify_common::warehouse::{ClaimRequest, NewCase, PostgresWarehouse, Warehouse};
+use canotify_common::warehouse::{ClaimRequest, NewCase, PostgresWarehouse, Reopened, Warehouse};
 use canotify_common::{CaseId, CaseResult, Secret, Status};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -292,5 +292,125 @@ async fn an_unusable_case_id_is_recorded_rejected_and_paging_goes_on() {
         (refused.status.as_str(), refused.reason.as_deref()),
         ("rejected", Some("case_id_unusable"))
     );
+    warehouse.drop_schema().await.unwrap();
+}
+
+fn ids(names: &[&str]) -> Vec<CaseId> {
+    names.iter().map(|n| CaseId::new(*n).unwrap()).collect()
+}
+
+#[tokio::test]
+async fn a_reopened_failed_case_whose_person_was_texted_meanwhile_is_recorded_duplicate() {
+    let warehouse = warehouse("reopen_dup").await;
+    warehouse
+        .insert_cases(&[
+            case("a", "(916) 555-0101", "2026-12-01"),
+            case("b", "+1 916-555-0101", "2026-12-02"),
+        ])
+        .await
+        .unwrap();
+    let long = Duration::from_secs(3600);
+    warehouse.claim_page(&claim_all(long)).await.unwrap();
+    warehouse
+        .record_outcomes(&[result("a", Status::Failed).with_reason("sms_queue_full")])
+        .await
+        .unwrap();
+    warehouse.claim_page(&claim_all(long)).await.unwrap();
+    warehouse
+        .record_outcomes(&[result("b", Status::Sent).with_uuid("u")])
+        .await
+        .unwrap();
+
+    let answers = warehouse.reopen(&ids(&["a"]), 14).await.unwrap();
+
+    assert_eq!(
+        answers,
+        vec![Reopened::Duplicate {
+            of: CaseId::new("b").unwrap()
+        }]
+    );
+    let rows = warehouse.outcomes().await.unwrap();
+    assert_eq!(rows[0].status, "duplicate");
+    assert_eq!(rows[0].duplicate_of.as_deref(), Some("b"));
+    warehouse.drop_schema().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reopened_case_holds_its_person_like_a_claim() {
+    let warehouse = warehouse("reopen_claim").await;
+    warehouse
+        .insert_cases(&[case("a", "9165550101", "2026-12-01")])
+        .await
+        .unwrap();
+    let long = Duration::from_secs(3600);
+    warehouse.claim_page(&claim_all(long)).await.unwrap();
+    warehouse
+        .record_outcomes(&[result("a", Status::Failed).with_reason("sms_queue_full")])
+        .await
+        .unwrap();
+
+    let answers = warehouse.reopen(&ids(&["a"]), 14).await.unwrap();
+    warehouse
+        .insert_cases(&[case("b", "19165550101", "2026-12-03")])
+        .await
+        .unwrap();
+    let page = warehouse.claim_page(&claim_all(long)).await.unwrap();
+
+    assert_eq!(answers, vec![Reopened::Claimed]);
+    let rows = warehouse.outcomes().await.unwrap();
+    assert_eq!(rows[0].status, "queued");
+    assert_eq!(rows[0].reason, None);
+    assert!(page.claimed.is_empty(), "{:?}", page.claimed);
+    assert_eq!(page.deferred, 1);
+    warehouse.drop_schema().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_case_is_not_reopened_while_another_of_its_person_is_in_flight() {
+    let warehouse = warehouse("reopen_wait").await;
+    warehouse
+        .insert_cases(&[
+            case("a", "9165550101", "2026-12-01"),
+            case("b", "9165550101", "2026-12-02"),
+        ])
+        .await
+        .unwrap();
+    let long = Duration::from_secs(3600);
+    warehouse.claim_page(&claim_all(long)).await.unwrap();
+    warehouse
+        .record_outcomes(&[result("a", Status::Failed).with_reason("sms_queue_full")])
+        .await
+        .unwrap();
+    let second = warehouse.claim_page(&claim_all(long)).await.unwrap();
+
+    let answers = warehouse.reopen(&ids(&["a"]), 14).await.unwrap();
+
+    assert_eq!(second.claimed.len(), 1);
+    assert_eq!(answers, vec![Reopened::Waiting]);
+    let rows = warehouse.outcomes().await.unwrap();
+    assert_eq!(rows[0].status, "failed");
+    assert_eq!(rows[0].reason.as_deref(), Some("sms_queue_full"));
+    warehouse.drop_schema().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_final_outcome_or_an_unknown_case_is_not_reopened() {
+    let warehouse = warehouse("reopen_final").await;
+    warehouse
+        .insert_cases(&[case("a", "9165550101", "2026-12-01")])
+        .await
+        .unwrap();
+    warehouse
+        .record_outcomes(&[result("a", Status::Sent).with_uuid("u")])
+        .await
+        .unwrap();
+
+    let answers = warehouse.reopen(&ids(&["a", "nobody"]), 14).await.unwrap();
+
+    assert_eq!(
+        answers,
+        vec![Reopened::Final(Status::Sent), Reopened::Unknown]
+    );
+    assert_eq!(warehouse.outcomes().await.unwrap()[0].status, "sent");
     warehouse.drop_schema().await.unwrap();
 }

@@ -157,6 +157,33 @@ pub trait Warehouse: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), WarehouseError>> + Send;
 
     fn outcome_counts(&self) -> impl Future<Output = Result<OutcomeCounts, WarehouseError>> + Send;
+
+    /// Takes cases back for another round after an operator asked for it,
+    /// under the same rule of one text per person as a claim: a case whose
+    /// person was texted meanwhile within `window_days` is recorded
+    /// `duplicate` instead. Answers in the order of `cases`.
+    fn reopen(
+        &self,
+        cases: &[CaseId],
+        window_days: u32,
+    ) -> impl Future<Output = Result<Vec<Reopened>, WarehouseError>> + Send;
+}
+
+/// What became of one case an operator asked to send round again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reopened {
+    /// Claimed again: it may go back to the checks queue.
+    Claimed,
+    /// Another case of the same person was sent within the window:
+    /// recorded `duplicate` of that case instead.
+    Duplicate { of: CaseId },
+    /// Another case of the same person is in flight; nothing changed.
+    Waiting,
+    /// Its outcome is final and not `failed`; nothing changed.
+    Final(Status),
+    /// The outcome table has no row for it; the producer has never claimed
+    /// it and will in its own time.
+    Unknown,
 }
 
 /// A case as the claim step reads it.

@@ -10,8 +10,8 @@ use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls, Transaction};
 
 use super::{
-    Candidate, ClaimRequest, ClaimedPage, DUPLICATE_REASON, Decision, OutcomeCounts, Texting,
-    Warehouse, WarehouseError, plan_claims, quote_schema,
+    Candidate, ClaimRequest, ClaimedPage, DUPLICATE_REASON, Decision, OutcomeCounts, Reopened,
+    Texting, Warehouse, WarehouseError, plan_claims, quote_schema,
 };
 use crate::config::redact_url;
 use crate::telemetry::Chain;
@@ -188,6 +188,12 @@ impl PostgresWarehouse {
             .await
     }
 
+    /// The advisory lock every decision about one text per person is made
+    /// under, so two such decisions never read the same rows at once.
+    fn claim_lock_key(&self) -> String {
+        format!("canotify claim {}", self.schema)
+    }
+
     async fn read_candidates(
         &self,
         tx: &Transaction<'_>,
@@ -357,7 +363,7 @@ impl Warehouse for PostgresWarehouse {
     }
 
     async fn claim_page(&self, request: &ClaimRequest) -> Result<ClaimedPage, WarehouseError> {
-        let lock_key = format!("canotify claim {}", self.schema);
+        let lock_key = self.claim_lock_key();
         let claim_sql = self.sql(
             "INSERT INTO {schema}.outcomes AS o
                  (case_id, status, phone_e164, episode_date, claimed_at, updated_at)
@@ -578,6 +584,125 @@ impl Warehouse for PostgresWarehouse {
                     )
                     .await?;
                 Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn reopen(
+        &self,
+        cases: &[CaseId],
+        window_days: u32,
+    ) -> Result<Vec<Reopened>, WarehouseError> {
+        let lock_key = self.claim_lock_key();
+        let read_sql = self.sql(
+            "SELECT case_id, status, phone_e164, episode_date::text
+             FROM {schema}.outcomes
+             WHERE case_id = ANY($1)
+             ORDER BY case_id
+             FOR UPDATE",
+        );
+        let claim_sql = self.sql(
+            "UPDATE {schema}.outcomes
+             SET status = 'queued', reason = NULL, duplicate_of = NULL, finished_at = NULL,
+                 claimed_at = now(), published_at = now(), updated_at = now()
+             WHERE case_id = ANY($1) AND status IN ('queued', 'failed')",
+        );
+        let duplicate_sql = self.sql(
+            "UPDATE {schema}.outcomes o
+             SET status = 'duplicate', reason = $3, duplicate_of = t.of,
+                 finished_at = now(), updated_at = now()
+             FROM UNNEST($1::text[], $2::text[]) AS t(id, of)
+             WHERE o.case_id = t.id AND o.status IN ('queued', 'failed')",
+        );
+        let ids: Vec<&str> = cases.iter().map(CaseId::as_str).collect();
+
+        self.retrying_conflicts(|| {
+            self.with_client(async |client| {
+                let tx = client.transaction().await?;
+                tx.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                    &[&lock_key],
+                )
+                .await?;
+
+                // Only a case still queued or failed is taken back; any
+                // other outcome stands.
+                let mut answers: HashMap<String, Reopened> = HashMap::new();
+                let mut candidates = Vec::new();
+                for row in tx.query(&read_sql, &[&ids]).await? {
+                    let id: String = row.get(0);
+                    let status = Status::parse(row.get(1));
+                    if !matches!(status, Some(Status::Queued | Status::Failed)) {
+                        let status = status.ok_or_else(|| {
+                            WarehouseError::BadData(format!(
+                                "the outcome of case {id} has an unknown status"
+                            ))
+                        })?;
+                        answers.insert(id, Reopened::Final(status));
+                        continue;
+                    }
+                    let case_id = CaseId::new(id.clone()).map_err(|_| {
+                        WarehouseError::BadData("an outcome row has an unusable case id".into())
+                    })?;
+                    let phone = row
+                        .get::<_, Option<String>>(2)
+                        .and_then(|p| E164::from_e164(&p).ok());
+                    let episode_date = parse_date(row.get(3)).ok().flatten();
+                    candidates.push(Candidate {
+                        request: CheckRequest {
+                            case_id,
+                            phone: None,
+                            test_date: None,
+                            symptom_date: None,
+                            test_type: None,
+                        },
+                        phone,
+                        episode_date,
+                    });
+                }
+
+                let texting = self.read_texting(&tx, &candidates).await?;
+                let decisions = plan_claims(&candidates, texting, window_days);
+                let mut claimed = Vec::new();
+                let (mut duplicates, mut originals) = (Vec::new(), Vec::new());
+                for (candidate, decision) in candidates.iter().zip(decisions) {
+                    let id = candidate.request.case_id.as_str().to_owned();
+                    let answer = match decision {
+                        Decision::Claim => {
+                            claimed.push(id.clone());
+                            Reopened::Claimed
+                        }
+                        Decision::Duplicate { of } => {
+                            duplicates.push(id.clone());
+                            originals.push(of.as_str().to_owned());
+                            Reopened::Duplicate { of }
+                        }
+                        Decision::Defer => Reopened::Waiting,
+                    };
+                    answers.insert(id, answer);
+                }
+                if !claimed.is_empty() {
+                    tx.execute(&claim_sql, &[&claimed]).await?;
+                }
+                if !duplicates.is_empty() {
+                    tx.execute(
+                        &duplicate_sql,
+                        &[&duplicates, &originals, &DUPLICATE_REASON],
+                    )
+                    .await?;
+                }
+                tx.commit().await?;
+
+                Ok(cases
+                    .iter()
+                    .map(|id| {
+                        answers
+                            .get(id.as_str())
+                            .cloned()
+                            .unwrap_or(Reopened::Unknown)
+                    })
+                    .collect())
             })
         })
         .await
