@@ -32,12 +32,14 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{BufRead, Write};
 
+use canotify_common::CaseId;
 use canotify_common::broker::{
     self, ATTEMPTS_HEADER, BrokerError, FIRST_FAILURE_HEADER, LAST_FAILURE_HEADER, Outgoing,
     Publisher, REASON_HEADER, REQUEUED_HEADER, SOURCE_HEADER, STAGE_HEADER, Topology,
 };
 use canotify_common::config::BrokerArgs;
 use canotify_common::phone::mask;
+use canotify_common::warehouse::{Reopened, Warehouse, WarehouseError};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -96,6 +98,8 @@ pub enum DlqError {
     ChannelGone,
     #[error("broker operation failed: {0}")]
     Amqp(#[from] lapin::Error),
+    #[error("the warehouse could not take the cases back, so nothing was requeued: {0}")]
+    Warehouse(#[from] WarehouseError),
 }
 
 /// What every `dlq` command takes: where the broker is, which deployment,
@@ -254,6 +258,9 @@ pub enum BodyView {
 pub struct RequeueReport {
     pub queue: String,
     pub requeued: Vec<Moved>,
+    /// Letters removed without a copy, because their case was recorded
+    /// `duplicate`: its person was texted by another case meanwhile.
+    pub recorded_duplicate: Vec<Recorded>,
     /// Selected letters that stay in the dead-letter queue, with why.
     pub left: Vec<Left>,
     pub not_found: Vec<String>,
@@ -272,6 +279,14 @@ impl RequeueReport {
 pub struct Moved {
     pub id: String,
     pub to: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Recorded {
+    pub id: String,
+    pub case_id: String,
+    /// The case that texted the same person.
+    pub duplicate_of: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -349,36 +364,103 @@ impl DeadLetters {
     /// Puts the selected letters back on the work queue each came from,
     /// with attempts reset to 0, the failure headers removed and a header
     /// recording the requeue. Every other letter stays where it was.
-    pub async fn requeue(&self, selection: &Selection) -> Result<RequeueReport, DlqError> {
+    ///
+    /// A case bound for the checks queue is first taken back in
+    /// `warehouse`, as the producer claims a case: if another case of the
+    /// same person was texted within `window_days` meanwhile, the case is
+    /// recorded `duplicate` and its letter removed, with no copy; if one is
+    /// in flight, or the case's outcome is final, the letter stays.
+    pub async fn requeue<W: Warehouse>(
+        &self,
+        selection: &Selection,
+        warehouse: &W,
+        window_days: u32,
+    ) -> Result<RequeueReport, DlqError> {
         let peek = self.peek().await?;
         let publisher = Publisher::new(&self.connection).await?;
-        let work_queues = [self.topology.checks(), self.topology.results()];
+        let checks = self.topology.checks();
+        let work_queues = [checks.clone(), self.topology.results()];
         let now = jiff::Timestamp::now().to_string();
         let mut report = RequeueReport {
             queue: self.topology.dead(),
             not_found: selection.unmatched(&peek),
             ..RequeueReport::default()
         };
+        let selected: Vec<&(Delivery, Letter)> = peek
+            .taken
+            .iter()
+            .filter(|(_, letter)| selection.takes(letter))
+            .collect();
+
+        // A case goes back to the checks queue only once the warehouse has
+        // taken it back under the producer's rule of one text per person.
+        let case_of = |letter: &Letter| {
+            (letter.source_queue.as_ref() == Some(&checks))
+                .then(|| {
+                    letter
+                        .case_id
+                        .as_deref()
+                        .and_then(|id| CaseId::new(id).ok())
+                })
+                .flatten()
+        };
+        let mut reopening: Vec<CaseId> = selected.iter().filter_map(|(_, l)| case_of(l)).collect();
+        reopening.sort();
+        reopening.dedup();
+        let reopened: std::collections::HashMap<CaseId, Reopened> = if reopening.is_empty() {
+            Default::default()
+        } else {
+            let answers = warehouse.reopen(&reopening, window_days).await?;
+            reopening.into_iter().zip(answers).collect()
+        };
 
         // Only a work queue of this deployment is a place to go back to; a
         // source header naming anything else is not followed.
         let mut moving = Vec::new();
-        for (delivery, letter) in peek.taken.iter().filter(|(_, l)| selection.takes(l)) {
-            match &letter.source_queue {
-                None => report.left.push(Left {
-                    id: letter.id.clone(),
-                    why: "no source queue is known, so it has nowhere to go back to".to_owned(),
-                }),
-                Some(queue) if !work_queues.contains(queue) => report.left.push(Left {
-                    id: letter.id.clone(),
-                    why: format!(
+        let mut duplicates = Vec::new();
+        for (delivery, letter) in selected {
+            let left = |why: String| Left {
+                id: letter.id.clone(),
+                why,
+            };
+            let queue = match &letter.source_queue {
+                None => {
+                    report.left.push(left(
+                        "no source queue is known, so it has nowhere to go back to".to_owned(),
+                    ));
+                    continue;
+                }
+                Some(queue) if !work_queues.contains(queue) => {
+                    report.left.push(left(format!(
                         "it came from {queue}, which is not a work queue of prefix {}",
                         self.topology.prefix()
-                    ),
-                }),
-                Some(queue) => {
-                    moving.push((delivery, letter, requeued_copy(delivery, queue, &now)))
+                    )));
+                    continue;
                 }
+                Some(queue) => queue,
+            };
+            let verdict = case_of(letter).map(|id| {
+                let verdict = reopened.get(&id).cloned().unwrap_or(Reopened::Unknown);
+                (id, verdict)
+            });
+            match verdict {
+                None | Some((_, Reopened::Claimed)) => {
+                    moving.push((delivery, letter, requeued_copy(delivery, queue, &now)));
+                }
+                Some((case_id, Reopened::Duplicate { of })) => {
+                    duplicates.push((delivery, letter.id.clone(), case_id, of));
+                }
+                Some((_, Reopened::Waiting)) => report.left.push(left(
+                    "another case of the same person is in flight; requeue this one once that one has ended"
+                        .to_owned(),
+                )),
+                Some((_, Reopened::Final(status))) => report.left.push(left(format!(
+                    "its case is already recorded {status}; there is nothing to retry"
+                ))),
+                Some((_, Reopened::Unknown)) => report.left.push(left(
+                    "the warehouse has no outcome for its case; check that --schema (CANOTIFY_SCHEMA) is this deployment's"
+                        .to_owned(),
+                )),
             }
         }
 
@@ -410,7 +492,26 @@ impl DeadLetters {
                 },
             }
         }
-        report.remaining = peek.taken.len() - report.requeued.len();
+
+        // The warehouse already holds the outcome of these; the letter has
+        // nothing left to do.
+        for (delivery, id, case_id, of) in duplicates {
+            match ack(delivery).await {
+                Ok(()) => report.recorded_duplicate.push(Recorded {
+                    id,
+                    case_id: case_id.as_str().to_owned(),
+                    duplicate_of: of.as_str().to_owned(),
+                }),
+                Err(why) => report.left.push(Left {
+                    id,
+                    why: format!(
+                        "its case was recorded duplicate of {of}, but the letter could not be removed ({why})"
+                    ),
+                }),
+            }
+        }
+        report.remaining =
+            peek.taken.len() - report.requeued.len() - report.recorded_duplicate.len();
 
         let _ = publisher.channel().close(200, "requeue done".into()).await;
         peek.give_back().await;
@@ -852,6 +953,19 @@ pub fn render_requeue(report: &RequeueReport) -> String {
     );
     for moved in &report.requeued {
         let _ = write!(out, "\n  {} -> {}", moved.id, moved.to);
+    }
+    if !report.recorded_duplicate.is_empty() {
+        let _ = write!(
+            out,
+            "\nrecorded duplicate instead, their person texted meanwhile:"
+        );
+        for recorded in &report.recorded_duplicate {
+            let _ = write!(
+                out,
+                "\n  {}: case {} is a duplicate of case {}",
+                recorded.id, recorded.case_id, recorded.duplicate_of
+            );
+        }
     }
     if !report.left.is_empty() {
         let _ = write!(out, "\nleft in {}:", report.queue);

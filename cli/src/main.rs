@@ -67,13 +67,24 @@ enum DlqCommand {
         /// The letter's id, as `list` shows it.
         id: String,
     },
-    /// Put letters back on the queue they came from, attempts reset.
+    /// Put letters back on the queue they came from, attempts reset. A
+    /// case whose person was texted by another case meanwhile is recorded
+    /// duplicate instead.
     Requeue {
         #[command(flatten)]
         common: DlqArgs,
 
         #[command(flatten)]
         select: SelectArgs,
+
+        #[command(flatten)]
+        warehouse: WarehouseArgs,
+
+        /// Two cases of one phone whose test dates are at most this many
+        /// days apart are one infection, and get one text (as the
+        /// producer's setting of the same name).
+        #[arg(long, env = "CANOTIFY_DEDUP_WINDOW_DAYS", default_value_t = 14)]
+        dedup_window_days: u32,
     },
     /// Remove letters for good, after asking.
     Purge {
@@ -197,8 +208,16 @@ async fn run_dlq(dead: &DeadLetters, command: DlqCommand) -> anyhow::Result<Exit
             emit(json, &dead.show(&id).await?, dlq::render_show)?;
             Ok(ExitCode::SUCCESS)
         }
-        DlqCommand::Requeue { select, .. } => {
-            let report = dead.requeue(&select.selection()?).await?;
+        DlqCommand::Requeue {
+            select,
+            warehouse,
+            dedup_window_days,
+            ..
+        } => {
+            let db = PostgresWarehouse::connect(&warehouse.database_url, &warehouse.schema).await?;
+            let report = dead
+                .requeue(&select.selection()?, &db, dedup_window_days)
+                .await?;
             emit(json, &report, dlq::render_requeue)?;
             Ok(complete(report.is_complete()))
         }

@@ -15,8 +15,9 @@ use canotify_common::broker::{
     REQUEUED_HEADER, STAGE_HEADER, Topology,
 };
 use canotify_common::config::{BrokerArgs, WarehouseArgs};
+use canotify_common::phone::Region;
 use canotify_common::phone::mask;
-use canotify_common::warehouse::Warehouse;
+use canotify_common::warehouse::{ClaimRequest, NewCase, Warehouse};
 use canotify_common::{CaseId, CaseResult, CheckRequest, Secret, Status};
 use clap::Parser;
 use lapin::message::Delivery;
@@ -144,6 +145,40 @@ async fn drain(queue: &str) -> Vec<Delivery> {
     }
     let _ = connection.close(200, "".into()).await;
     taken
+}
+
+/// Seeds cases with distinct phones, claims them as the producer does and
+/// records them failed as the writer does: the warehouse's side of the
+/// letters a test requeues.
+async fn failed_cases(pipeline: &Pipeline, ids: &[&str]) {
+    let cases: Vec<NewCase> = (0u32..)
+        .zip(ids)
+        .map(|(n, id)| mobile_case(id, n, 1))
+        .collect();
+    pipeline.seed(&cases).await;
+    claim_everything(pipeline).await;
+    let failed: Vec<CaseResult> = ids
+        .iter()
+        .map(|id| {
+            CaseResult::new(CaseId::new(*id).unwrap(), Status::Failed, 3)
+                .with_reason("sms_queue_full")
+        })
+        .collect();
+    pipeline.warehouse.record_outcomes(&failed).await.unwrap();
+}
+
+async fn claim_everything(pipeline: &Pipeline) {
+    pipeline
+        .warehouse
+        .claim_page(&ClaimRequest {
+            after: None,
+            limit: 1000,
+            claim_age: Duration::from_secs(3600),
+            window_days: 14,
+            region: Region::US,
+        })
+        .await
+        .unwrap();
 }
 
 fn ids_of(deliveries: &[Delivery]) -> Vec<String> {
@@ -275,7 +310,11 @@ async fn requeue_by_id_moves_only_that_letter_back_to_its_source_queue_with_atte
 
     let dead = dead_letters(&pipeline).await;
     let report = dead
-        .requeue(&Selection::Ids(vec!["b".to_owned()]))
+        .requeue(
+            &Selection::Ids(vec!["b".to_owned()]),
+            &pipeline.warehouse,
+            14,
+        )
         .await
         .unwrap();
     dead.close().await;
@@ -331,10 +370,15 @@ async fn requeue_by_reason_moves_every_letter_of_that_reason_and_no_other() {
             result_letter(topology, "d", "warehouse_refused", 1),
         ])
         .await;
+    failed_cases(&pipeline, &["a", "c"]).await;
 
     let dead = dead_letters(&pipeline).await;
     let report = dead
-        .requeue(&Selection::Reason("unreadable_message".to_owned()))
+        .requeue(
+            &Selection::Reason("unreadable_message".to_owned()),
+            &pipeline.warehouse,
+            14,
+        )
         .await
         .unwrap();
     dead.close().await;
@@ -366,9 +410,13 @@ async fn requeue_leaves_a_letter_with_no_known_source_queue_where_it_is() {
             check_letter(topology, "a", "unreadable_message", 1),
         ])
         .await;
+    failed_cases(&pipeline, &["a"]).await;
 
     let dead = dead_letters(&pipeline).await;
-    let report = dead.requeue(&Selection::All).await.unwrap();
+    let report = dead
+        .requeue(&Selection::All, &pipeline.warehouse, 14)
+        .await
+        .unwrap();
     dead.close().await;
     let checks = drain(&topology.checks()).await;
     let left = drain(&topology.dead()).await;
@@ -382,6 +430,80 @@ async fn requeue_leaves_a_letter_with_no_known_source_queue_where_it_is() {
     assert_eq!(ids_of(&checks), ["a"]);
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].data, b"not json at all");
+}
+
+#[tokio::test]
+async fn requeue_records_duplicate_a_case_whose_person_was_texted_meanwhile_and_sends_no_copy() {
+    let pipeline = Pipeline::new("dlq_requeue_person").await;
+    let topology = &pipeline.topology.clone();
+    // Two tests of one person: the first ran out of attempts, then the
+    // second was claimed and texted.
+    let first = mobile_case("first", 7, 2);
+    let second = NewCase {
+        case_id: "second".to_owned(),
+        test_date: first.test_date.map(|d| d.tomorrow().unwrap()),
+        ..first.clone()
+    };
+    pipeline.seed(&[first, second]).await;
+    claim_everything(&pipeline).await;
+    let failed = CaseResult::new(CaseId::new("first").unwrap(), Status::Failed, 3)
+        .with_reason("sms_queue_full");
+    pipeline.warehouse.record_outcomes(&[failed]).await.unwrap();
+    claim_everything(&pipeline).await;
+    let sent = CaseResult::new(CaseId::new("second").unwrap(), Status::Sent, 1).with_uuid("u");
+    pipeline.warehouse.record_outcomes(&[sent]).await.unwrap();
+    // A third person's case, alone, goes back as usual; a letter whose
+    // case the warehouse does not know stays.
+    failed_cases(&pipeline, &["alone"]).await;
+    pipeline
+        .publish(vec![
+            check_letter(topology, "first", "sms_queue_full", 3),
+            check_letter(topology, "alone", "sms_queue_full", 3),
+            check_letter(topology, "stranger", "sms_queue_full", 3),
+        ])
+        .await;
+
+    let dead = dead_letters(&pipeline).await;
+    let report = dead
+        .requeue(&Selection::All, &pipeline.warehouse, 14)
+        .await
+        .unwrap();
+    dead.close().await;
+    let checks = drain(&topology.checks()).await;
+    let left = drain(&topology.dead()).await;
+    let outcomes = pipeline.outcomes().await;
+    pipeline.cleanup().await;
+
+    assert_eq!(report.recorded_duplicate.len(), 1, "{report:?}");
+    let recorded = &report.recorded_duplicate[0];
+    assert_eq!(
+        (recorded.case_id.as_str(), recorded.duplicate_of.as_str()),
+        ("first", "second")
+    );
+    assert_eq!(ids_of(&checks), ["alone"]);
+    assert_eq!(ids_of(&left), ["stranger"]);
+    assert_eq!(report.remaining, 1);
+    assert!(!report.is_complete());
+    assert!(
+        report.left[0].why.contains("CANOTIFY_SCHEMA"),
+        "{:?}",
+        report.left
+    );
+    let text = dlq::render_requeue(&report);
+    assert!(
+        text.contains("case first is a duplicate of case second"),
+        "{text}"
+    );
+
+    let status_of = |id: &str| {
+        let row = outcomes.iter().find(|o| o.case_id == id).unwrap();
+        (row.status.clone(), row.duplicate_of.clone())
+    };
+    assert_eq!(
+        status_of("first"),
+        ("duplicate".to_owned(), Some("second".to_owned()))
+    );
+    assert_eq!(status_of("alone"), ("queued".to_owned(), None));
 }
 
 #[tokio::test]
@@ -559,11 +681,16 @@ async fn a_letter_the_broker_dead_lettered_itself_is_listed_with_its_source_queu
     let pipeline = Pipeline::new("dlq_broker").await;
     let topology = pipeline.topology.clone();
     rejected_by_the_broker(&pipeline, "k1").await;
+    failed_cases(&pipeline, &["k1"]).await;
 
     let dead = dead_letters(&pipeline).await;
     let listing = dead.list().await.unwrap();
     let report = dead
-        .requeue(&Selection::Ids(vec!["k1".to_owned()]))
+        .requeue(
+            &Selection::Ids(vec!["k1".to_owned()]),
+            &pipeline.warehouse,
+            14,
+        )
         .await
         .unwrap();
     dead.close().await;
