@@ -5,9 +5,9 @@
 //! when its database is away, the worker looks numbers up as if it were
 //! empty.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use canotify_common::telemetry::Chain;
 use canotify_common::warehouse::quote_schema;
@@ -23,6 +23,14 @@ use crate::lookup::LineCheck;
 /// How long one cache query may take before the worker goes without.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long connecting to the cache, and creating its table, may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the worker goes without the cache after failing to reach it,
+/// so a database that is away costs one connection attempt, not one per
+/// batch.
+const OUTAGE_PAUSE: Duration = Duration::from_secs(10);
+
 pub struct SharedLookupCache {
     url: Secret,
     schema: String,
@@ -31,6 +39,8 @@ pub struct SharedLookupCache {
     key: Secret,
     max_age: Duration,
     client: Mutex<Option<Client>>,
+    /// No connection is tried before this, after one failed.
+    retry_at: std::sync::Mutex<Option<Instant>>,
     warned: AtomicBool,
 }
 
@@ -52,6 +62,7 @@ impl SharedLookupCache {
             key: key.clone(),
             max_age,
             client: Mutex::new(None),
+            retry_at: std::sync::Mutex::new(None),
             warned: AtomicBool::new(false),
         })
     }
@@ -109,8 +120,9 @@ impl SharedLookupCache {
                      looked_up_at = EXCLUDED.looked_up_at",
             self.table
         );
-        // One statement cannot touch a row twice.
-        let mut rows: HashMap<String, (&str, Option<&str>)> = HashMap::new();
+        // One statement cannot touch a row twice; and rows taken in key
+        // order cannot deadlock with another replica's upsert.
+        let mut rows: BTreeMap<String, (&str, Option<&str>)> = BTreeMap::new();
         for (phone, answer) in answers {
             let row = match answer {
                 LineCheck::Textable => ("textable", None),
@@ -146,10 +158,21 @@ impl SharedLookupCache {
     ) -> Option<T> {
         let mut guard = self.client.lock().await;
         if guard.as_ref().is_none_or(Client::is_closed) {
-            match self.open().await {
+            let retry_at = *self.retry_at.lock().expect("never poisoned");
+            if retry_at.is_some_and(|at| Instant::now() < at) {
+                return None;
+            }
+            let opened = tokio::time::timeout(CONNECT_TIMEOUT, self.open())
+                .await
+                .unwrap_or_else(|_| {
+                    Err("the lookup cache did not accept a connection in time".into())
+                });
+            match opened {
                 Ok(client) => *guard = Some(client),
                 Err(err) => {
                     self.warn_once(&err);
+                    *self.retry_at.lock().expect("never poisoned") =
+                        Some(Instant::now() + OUTAGE_PAUSE);
                     return None;
                 }
             }

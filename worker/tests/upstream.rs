@@ -286,3 +286,40 @@ async fn a_case_redelivered_to_another_worker_pays_for_no_second_lookup() {
     assert_eq!(texts, 1);
     assert!(matches!(&dispositions[0], Disposition::Done(r) if r.status == Status::Sent));
 }
+
+#[tokio::test]
+async fn a_lookup_cache_that_never_answers_is_tried_once_and_holds_no_case_up() {
+    // A database address that accepts connections and never says a word.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    let cache = canotify_worker::shared_cache::SharedLookupCache::new(
+        &canotify_common::Secret::new(format!("postgres://postgres@{address}/test")),
+        "silent",
+        &canotify_common::Secret::new("upstream-test-uuid-key"),
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    let rig = rig().await;
+    let worker = worker_for(&rig.twilio, &rig.verification).with_shared_cache(cache);
+
+    // Three batches of ten; a cache connection that hung would hold the
+    // first one up for good.
+    let dispositions = tokio::time::timeout(
+        Duration::from_secs(60),
+        worker.handle_batch(cases("silent", 30)),
+    )
+    .await
+    .expect("the silent lookup cache held the cases up");
+
+    assert_eq!(assert_sent_only_if_texted(&dispositions, &rig), 30);
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
