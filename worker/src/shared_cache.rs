@@ -3,7 +3,7 @@
 //! pay for its lookup again. A phone is kept only as an HMAC under the
 //! deployment's uuid key, never in the clear. The cache only saves money:
 //! when its database is away, the worker looks numbers up as if it were
-//! empty.
+//! empty, and tries the database again after a pause.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
