@@ -414,3 +414,31 @@ async fn a_final_outcome_or_an_unknown_case_is_not_reopened() {
     assert_eq!(warehouse.outcomes().await.unwrap()[0].status, "sent");
     warehouse.drop_schema().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_database_that_never_answers_is_reported_as_unreachable_and_retryable() {
+    // Accepts connections and never says a word.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let url = Secret::new(format!("postgres://canotify:hunter2@{address}/test"));
+
+    let err = tokio::time::timeout(
+        Duration::from_secs(60),
+        PostgresWarehouse::connect(&url, "silent"),
+    )
+    .await
+    .expect("connecting to a silent database never ended")
+    .err()
+    .expect("a silent database is not a warehouse");
+
+    let message = err.to_string();
+    assert!(message.contains(&address.to_string()), "{message}");
+    assert!(!message.contains("hunter2"), "{message}");
+    assert!(err.is_retryable());
+}

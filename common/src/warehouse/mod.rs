@@ -36,6 +36,11 @@ pub enum WarehouseError {
         #[source]
         source: tokio_postgres::Error,
     },
+    #[error("PostgreSQL at {address} did not complete a connection within {after:?}")]
+    ConnectTimeout {
+        address: String,
+        after: std::time::Duration,
+    },
     #[error(
         "schema name {0:?} must be 1 to 63 lower-case letters, digits or '_', not starting with a digit"
     )]
@@ -63,7 +68,7 @@ impl WarehouseError {
     /// than failing the same way (a bad schema name, a broken query).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Connect { .. } => true,
+            Self::Connect { .. } | Self::ConnectTimeout { .. } => true,
             Self::Query(err) => err.is_closed() || err.as_db_error().is_none(),
             Self::BadSchema(_) | Self::BadData(_) => false,
         }

@@ -302,14 +302,24 @@ fn parse_date(text: Option<String>) -> Result<Option<jiff::civil::Date>, ()> {
     text.map(|t| t.parse().map_err(|_| ())).transpose()
 }
 
+/// How long connecting, the start-up exchange included, may take: a
+/// database host that never answers is reported, and retried, like one
+/// that refuses.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn open(url: &Secret) -> Result<Client, WarehouseError> {
-    let (client, connection) =
-        tokio_postgres::connect(url.expose(), NoTls)
-            .await
-            .map_err(|source| WarehouseError::Connect {
-                address: redact_url(url.expose()),
-                source,
-            })?;
+    let address = || redact_url(url.expose());
+    let connecting = tokio_postgres::connect(url.expose(), NoTls);
+    let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .map_err(|_| WarehouseError::ConnectTimeout {
+            address: address(),
+            after: CONNECT_TIMEOUT,
+        })?
+        .map_err(|source| WarehouseError::Connect {
+            address: address(),
+            source,
+        })?;
     tokio::spawn(async move {
         if let Err(err) = connection.await {
             tracing::warn!(error = %Chain(&err), "warehouse connection closed");
