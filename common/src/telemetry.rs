@@ -88,9 +88,72 @@ impl std::fmt::Display for Chain<'_> {
     }
 }
 
+/// How often a long-running process reports its progress.
+pub const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Counts work done over a long run and says so at info level at most once
+/// per interval, so an operator sees progress without a line per item.
+pub struct Progress {
+    what: &'static str,
+    every: std::time::Duration,
+    since: std::time::Instant,
+    recent: u64,
+    total: u64,
+}
+
+impl Progress {
+    /// `what` names the items counted, e.g. `"results written"`.
+    pub fn new(what: &'static str, every: std::time::Duration) -> Self {
+        Self {
+            what,
+            every,
+            since: std::time::Instant::now(),
+            recent: 0,
+            total: 0,
+        }
+    }
+
+    /// Counts `n` more items; answers whether that made a progress line.
+    pub fn add(&mut self, n: u64) -> bool {
+        self.recent += n;
+        self.total += n;
+        let elapsed = self.since.elapsed();
+        if self.recent == 0 || elapsed < self.every {
+            return false;
+        }
+        let per_s = self.recent as f64 / elapsed.as_secs_f64().max(0.001);
+        tracing::info!(
+            recent = self.recent,
+            total = self.total,
+            per_s = format_args!("{per_s:.1}"),
+            "{}",
+            self.what
+        );
+        self.recent = 0;
+        self.since = std::time::Instant::now();
+        true
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_speaks_once_an_interval_has_passed_and_only_of_new_work() {
+        let mut quiet = Progress::new("things done", std::time::Duration::from_secs(3600));
+        let mut eager = Progress::new("things done", std::time::Duration::ZERO);
+
+        assert!(!quiet.add(5));
+        assert!(eager.add(5));
+        assert!(!eager.add(0));
+        assert!(eager.add(2));
+        assert_eq!((quiet.total(), eager.total()), (5, 7));
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("outer")]

@@ -13,8 +13,7 @@ use std::time::Duration;
 use canotify_common::broker::{self, Outgoing, Publisher, Topology};
 use canotify_common::config::{BrokerArgs, WarehouseArgs, parse_duration};
 use canotify_common::phone::Region;
-use canotify_common::telemetry::Chain;
-use canotify_common::telemetry::LogArgs;
+use canotify_common::telemetry::{Chain, LogArgs, PROGRESS_EVERY, Progress};
 use canotify_common::warehouse::{ClaimRequest, PostgresWarehouse, Warehouse, WarehouseError};
 use canotify_common::{CaseId, Shutdown};
 use tracing::{debug, info, warn};
@@ -192,6 +191,7 @@ pub async fn pass<W: Warehouse>(
     shutdown: &Shutdown,
 ) -> Result<PassSummary, ProducerError> {
     let mut summary = PassSummary::default();
+    let mut progress = Progress::new("cases published so far in this pass", PROGRESS_EVERY);
     let mut request = ClaimRequest {
         after: None,
         limit: config.page_size as usize,
@@ -233,6 +233,7 @@ pub async fn pass<W: Warehouse>(
             }
             summary.published += confirmed.len();
             summary.unpublished += failed.len();
+            progress.add(confirmed.len() as u64);
             debug!(published = confirmed.len(), "page published");
         }
 

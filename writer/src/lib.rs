@@ -9,8 +9,7 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use canotify_common::broker::{self, BrokerError, Publisher, Topology};
 use canotify_common::config::{BrokerArgs, WarehouseArgs, parse_duration};
-use canotify_common::telemetry::Chain;
-use canotify_common::telemetry::LogArgs;
+use canotify_common::telemetry::{Chain, LogArgs, PROGRESS_EVERY, Progress};
 use canotify_common::warehouse::{PostgresWarehouse, Warehouse, WarehouseError};
 use canotify_common::{CaseResult, Shutdown};
 use futures_util::StreamExt;
@@ -71,10 +70,19 @@ pub async fn run_with<W: Warehouse>(
     warehouse.migrate().await?;
 
     let topology = config.broker.topology()?;
+    let mut progress = Progress::new("results written", PROGRESS_EVERY);
     while let Some(connection) =
         broker::connect_with_retry(&config.broker.amqp_url, "canotify-writer", &shutdown).await
     {
-        let end = session(&config, &warehouse, &connection, &topology, &shutdown).await;
+        let end = session(
+            &config,
+            &warehouse,
+            &connection,
+            &topology,
+            &shutdown,
+            &mut progress,
+        )
+        .await;
         broker::close_connection(&connection, "writer stopping").await;
         match end {
             Ok(()) if shutdown.is_requested() => break,
@@ -86,7 +94,7 @@ pub async fn run_with<W: Warehouse>(
         }
     }
 
-    info!("writer stopped");
+    info!(written = progress.total(), "writer stopped");
     Ok(())
 }
 
@@ -98,6 +106,7 @@ async fn session<W: Warehouse>(
     connection: &lapin::Connection,
     topology: &Topology,
     shutdown: &Shutdown,
+    progress: &mut Progress,
 ) -> Result<(), WriterError> {
     let publisher = Publisher::new(connection).await?;
     topology.declare(publisher.channel()).await?;
@@ -148,7 +157,8 @@ async fn session<W: Warehouse>(
 
         // What was read before a failure is still written: the write is
         // idempotent, and the redelivered copies will change nothing.
-        write_batch(warehouse, &publisher, topology, batch, shutdown).await?;
+        let written = write_batch(warehouse, &publisher, topology, batch, shutdown).await?;
+        progress.add(written as u64);
         if let Some(err) = lost {
             return Err(err.into());
         }
@@ -164,7 +174,7 @@ async fn write_batch<W: Warehouse>(
     topology: &Topology,
     batch: Vec<Delivery>,
     shutdown: &Shutdown,
-) -> Result<(), WriterError> {
+) -> Result<usize, WriterError> {
     let mut results = Vec::with_capacity(batch.len());
     let mut sources = Vec::with_capacity(batch.len());
     let mut letters = Vec::new();
@@ -192,7 +202,7 @@ async fn write_batch<W: Warehouse>(
         if confirms.iter().any(Result::is_err) {
             warn!("a dead letter was not confirmed; the batch goes back to the queue");
             nack_all(&batch).await;
-            return Ok(());
+            return Ok(0);
         }
     }
 
@@ -214,13 +224,13 @@ async fn write_batch<W: Warehouse>(
                 // Shutting down with the database away: leave the batch to
                 // be redelivered.
                 nack_all(&batch).await;
-                return Ok(());
+                return Ok(0);
             }
             Err(err) => {
                 error!(error = %Chain(&err), results = results.len(), "the warehouse refused a batch; writing its results one by one");
                 if !write_one_by_one(warehouse, publisher, topology, &results, &sources).await {
                     nack_all(&batch).await;
-                    return Ok(());
+                    return Ok(0);
                 }
                 break;
             }
@@ -236,7 +246,7 @@ async fn write_batch<W: Warehouse>(
         warn!(error = %Chain(&err), "could not ack a written batch; it will be redelivered");
     }
     debug!(results = results.len(), "batch written");
-    Ok(())
+    Ok(results.len())
 }
 
 /// Writes each result alone, so one the warehouse refuses cannot hold back
