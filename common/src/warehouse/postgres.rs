@@ -188,10 +188,21 @@ impl PostgresWarehouse {
             .await
     }
 
-    /// The advisory lock every decision about one text per person is made
-    /// under, so two such decisions never read the same rows at once.
-    fn claim_lock_key(&self) -> String {
-        format!("canotify claim {}", self.schema)
+    /// Opens a transaction holding the schema's claim lock: every decision
+    /// about one text per person is made under it, so no two of them read
+    /// the same rows at once.
+    async fn claim_transaction<'c>(
+        &self,
+        client: &'c mut Client,
+    ) -> Result<Transaction<'c>, WarehouseError> {
+        let lock_key = format!("canotify claim {}", self.schema);
+        let tx = client.transaction().await?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            &[&lock_key],
+        )
+        .await?;
+        Ok(tx)
     }
 
     async fn read_candidates(
@@ -373,7 +384,6 @@ impl Warehouse for PostgresWarehouse {
     }
 
     async fn claim_page(&self, request: &ClaimRequest) -> Result<ClaimedPage, WarehouseError> {
-        let lock_key = self.claim_lock_key();
         let claim_sql = self.sql(
             "INSERT INTO {schema}.outcomes AS o
                  (case_id, status, phone_e164, episode_date, claimed_at, updated_at)
@@ -403,15 +413,9 @@ impl Warehouse for PostgresWarehouse {
 
         self.retrying_conflicts(|| {
             self.with_client(async |client| {
-                let tx = client.transaction().await?;
-
                 // One claim at a time per schema: with two producers, the second
                 // reads only after the first has committed its claims.
-                tx.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                    &[&lock_key],
-                )
-                .await?;
+                let tx = self.claim_transaction(client).await?;
                 let (candidates, refused, next) = self.read_candidates(&tx, request).await?;
                 let texting = self.read_texting(&tx, &candidates).await?;
                 let decisions = plan_claims(&candidates, texting, request.window_days);
@@ -604,7 +608,6 @@ impl Warehouse for PostgresWarehouse {
         cases: &[CaseId],
         window_days: u32,
     ) -> Result<Vec<Reopened>, WarehouseError> {
-        let lock_key = self.claim_lock_key();
         let read_sql = self.sql(
             "SELECT case_id, status, phone_e164, episode_date::text
              FROM {schema}.outcomes
@@ -629,12 +632,7 @@ impl Warehouse for PostgresWarehouse {
 
         self.retrying_conflicts(|| {
             self.with_client(async |client| {
-                let tx = client.transaction().await?;
-                tx.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                    &[&lock_key],
-                )
-                .await?;
+                let tx = self.claim_transaction(client).await?;
 
                 // Only a case still queued or failed is taken back; any
                 // other outcome stands.
