@@ -325,7 +325,7 @@ impl DeadLetters {
     pub async fn close(self) {
         // Nothing is left to do on the connection; a failed close only
         // means the broker notices the socket closing instead.
-        let _ = self.connection.close(200, "dlq done".into()).await;
+        broker::close_connection(&self.connection, "dlq done").await;
     }
 
     /// Every letter, in queue order, leaving the queue as it was.
@@ -513,7 +513,7 @@ impl DeadLetters {
         report.remaining =
             peek.taken.len() - report.requeued.len() - report.recorded_duplicate.len();
 
-        let _ = publisher.channel().close(200, "requeue done".into()).await;
+        broker::close_channel(publisher.channel(), "requeue done").await;
         peek.give_back().await;
         Ok(report)
     }
@@ -631,7 +631,7 @@ impl Peek {
     async fn give_back(self) {
         // Should the close fail, the broker gives the letters back all the
         // same when the connection ends.
-        let _ = self.channel.close(200, "letters given back".into()).await;
+        broker::close_channel(&self.channel, "letters given back").await;
     }
 }
 

@@ -12,7 +12,7 @@ pub async fn check(amqp_url: &Secret, database_url: &Secret) -> Result<(), Strin
 
     match broker::connect(amqp_url, "canotify-preflight").await {
         Ok(connection) => {
-            let _ = connection.close(200, "preflight".into()).await;
+            broker::close_connection(&connection, "preflight").await;
         }
         Err(err) => problems.push(format!(
             "RabbitMQ is not reachable: {}.\n  Start it with `rabbitmq-server -detached`, \

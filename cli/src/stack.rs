@@ -239,7 +239,7 @@ impl Stack {
                 if let Ok(channel) = connection.create_channel().await {
                     let _ = self.topology.delete(&channel).await;
                 }
-                let _ = connection.close(200, "done".into()).await;
+                broker::close_connection(&connection, "done").await;
             }
         }
         if passed && !keep && self.options.local.log_dir.is_none() {

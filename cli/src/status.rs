@@ -91,7 +91,7 @@ pub async fn gather(
     let queues = queue_statuses(&connection, &topology).await;
     // Closed whatever the answer; a failed close changes nothing for a
     // connection that only read.
-    let _ = connection.close(200, "status read".into()).await;
+    broker::close_connection(&connection, "status read").await;
     let queues = queues?;
 
     let db = PostgresWarehouse::connect(&warehouse.database_url, &warehouse.schema).await?;
@@ -132,7 +132,7 @@ async fn queue_status(connection: &Connection, queue: &str) -> Result<QueueStatu
 
     match declared {
         Ok(declared) => {
-            let _ = channel.close(200, "status read".into()).await;
+            broker::close_channel(&channel, "status read").await;
             Ok(QueueStatus {
                 queue: queue.to_owned(),
                 declared: true,

@@ -89,10 +89,8 @@ pub async fn run(config: ProducerConfig, shutdown: Shutdown) -> Result<(), Produ
     // From cron, an unreachable broker is an error to report now, before
     // the warehouse is touched; a polling producer waits for it instead.
     if config.once {
-        broker::connect(&config.broker.amqp_url, "canotify-producer")
-            .await?
-            .close(200, "reachable".into())
-            .await?;
+        let reachable = broker::connect(&config.broker.amqp_url, "canotify-producer").await?;
+        broker::close_connection(&reachable, "reachable").await;
     }
 
     let warehouse =
