@@ -41,7 +41,7 @@ use canotify_common::config::BrokerArgs;
 use canotify_common::phone::mask;
 use canotify_common::warehouse::{Reopened, Warehouse, WarehouseError};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection};
 use serde::Serialize;
@@ -581,15 +581,7 @@ impl DeadLetters {
 
         // The count taken first bounds the loop, so letters arriving
         // meanwhile cannot keep it going; they wait for the next command.
-        let declared = channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        let declared = broker::inspect_queue(&channel, &queue)
             .await
             .map_err(|err| {
                 if crate::status::is_not_found(&err) {

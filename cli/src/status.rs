@@ -12,9 +12,7 @@ use canotify_common::broker::{self, BrokerError, Topology};
 use canotify_common::config::{BrokerArgs, WarehouseArgs};
 use canotify_common::warehouse::{OutcomeCounts, PostgresWarehouse, Warehouse, WarehouseError};
 use lapin::Connection;
-use lapin::options::QueueDeclareOptions;
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
-use lapin::types::FieldTable;
 use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -119,16 +117,7 @@ async fn queue_status(connection: &Connection, queue: &str) -> Result<QueueStatu
     // A channel per queue: a passive declare of a missing queue closes the
     // channel it was sent on.
     let channel = connection.create_channel().await?;
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
+    let declared = broker::inspect_queue(&channel, queue).await;
 
     match declared {
         Ok(declared) => {

@@ -118,6 +118,22 @@ pub async fn close_channel(channel: &Channel, reason: &str) {
     }
 }
 
+/// Reads a queue's message and consumer counts without declaring it: a
+/// passive declare, which fails (and closes `channel`) when the queue does
+/// not exist.
+pub async fn inspect_queue(channel: &Channel, queue: &str) -> Result<lapin::Queue, lapin::Error> {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
 /// Connects, trying again with jittered backoff until it works or shutdown
 /// is asked for (then `None`). Every process uses it at start and after
 /// losing the broker, so an outage only pauses the pipeline.

@@ -24,7 +24,6 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection};
@@ -267,16 +266,7 @@ async fn share_request_rate(worker: &Worker, channel: &Channel, topology: &Topol
     if worker.settings().requests_per_minute.is_none() {
         return;
     }
-    let declared = channel
-        .queue_declare(
-            topology.checks().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
+    let declared = broker::inspect_queue(channel, &topology.checks()).await;
     if let Ok(queue) = declared {
         let consumers = queue.consumer_count().max(1);
         worker.share_request_rate(consumers);

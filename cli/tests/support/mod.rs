@@ -19,8 +19,6 @@ use canotify_simulators::{twilio, verification};
 use canotify_worker::WorkerConfig;
 use canotify_writer::WriterConfig;
 use clap::Parser;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use tokio::task::JoinHandle;
 
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -307,17 +305,7 @@ impl Pipeline {
             .unwrap();
         let channel = connection.create_channel().await.unwrap();
         self.topology.declare(&channel).await.unwrap();
-        let declared = channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let declared = broker::inspect_queue(&channel, queue).await.unwrap();
         let _ = connection.close(200, "".into()).await;
         declared.message_count()
     }
